@@ -1,0 +1,48 @@
+# kpool — see README.md. `make test` is what CI runs (via .ci/run).
+GO      ?= go
+PKGS    := ./...
+FUZZTIME ?= 20s
+
+.PHONY: all build run test fmt-check vet unit race fuzz fuzz-short bench generate tidy-check
+
+all: build
+
+build:
+	$(GO) build ./...
+
+# run the worker on its embedded defaults (NATS on 127.0.0.1:4222, data under ./data)
+run:
+	$(GO) run ./cmd/worker run
+
+test: fmt-check vet race fuzz-short
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+unit:
+	$(GO) test $(PKGS)
+
+race:
+	$(GO) test -race -timeout 20m $(PKGS)
+
+# bounded fuzzing of the MLS decoders; `make fuzz FUZZTIME=5m` for longer
+fuzz:
+	$(GO) test ./mls -run '^$$' -fuzz '^FuzzDecodeKeyPackage$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./mls -run '^$$' -fuzz '^FuzzDecodeMLSMessage$$' -fuzztime $(FUZZTIME)
+
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+# regenerate generated docs and golden files
+generate:
+	$(GO) test ./fsm -run TestStateDiagram -rewrite
+
+tidy-check:
+	$(GO) mod tidy -diff

@@ -1,0 +1,105 @@
+// Package events is kpool's wire contract: the inbound event envelope, the outbound
+// messages, subjects, validation and the NDJSON log format. Other services import it;
+// it depends on the standard library only.
+package events
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Type names an inbound input to the core.
+type Type string
+
+// Inbound event types published by other services (and the worker's own ticker).
+const (
+	TypeUploadAck      Type = "upload_ack"
+	TypeUploadRejected Type = "upload_rejected"
+	TypeClaimed        Type = "claimed"
+	TypeConsumed       Type = "consumed"
+	TypeExpiryTick     Type = "expiry_tick"
+	TypeReplenish      Type = "replenish"
+)
+
+// Inputs the worker produces itself. They are journaled like any event so that a replay
+// needs neither randomness nor private keys.
+const (
+	// TypeGenerated carries the public half of a KeyPackage the worker minted.
+	TypeGenerated Type = "generated"
+	// TypePoolRegistered creates a pool (or updates its policy).
+	TypePoolRegistered Type = "pool_registered"
+)
+
+// PublicTypes are the types other services may publish on the events subjects.
+var PublicTypes = []Type{TypeUploadAck, TypeUploadRejected, TypeClaimed, TypeConsumed, TypeExpiryTick, TypeReplenish}
+
+// Event is the envelope of every input. Fields beyond id/type/time/pool are per type.
+type Event struct {
+	ID   string    `json:"id"`
+	Type Type      `json:"type"`
+	Time time.Time `json:"time"`
+	Pool string    `json:"pool,omitempty"`
+
+	// upload_ack, upload_rejected, claimed, consumed
+	Ref string `json:"ref,omitempty"` // hex KeyPackageRef
+	// upload_rejected
+	Reason string `json:"reason,omitempty"`
+	Retry  bool   `json:"retry,omitempty"`
+
+	Generated *Generated `json:"generated,omitempty"`
+	Register  *Register  `json:"register,omitempty"`
+}
+
+// Generated is the public data of a KeyPackage the worker generated. Never private keys.
+type Generated struct {
+	Ref        string `json:"ref"`         // hex KeyPackageRef
+	KeyPackage []byte `json:"key_package"` // serialized MLSMessage(mls_key_package)
+	NotBefore  int64  `json:"not_before"`  // unix seconds
+	NotAfter   int64  `json:"not_after"`   // unix seconds
+	LastResort bool   `json:"last_resort,omitempty"`
+}
+
+// Register creates a pool for (identity, cipher suite) or updates its policy.
+type Register struct {
+	Identity     string `json:"identity"`
+	CipherSuite  uint16 `json:"cipher_suite"`
+	SignatureKey []byte `json:"signature_key"` // public signature key of the pool
+	Policy       Policy `json:"policy,omitzero"`
+}
+
+// Policy holds per-pool overrides of the worker's default pool configuration. Zero fields
+// keep the default.
+type Policy struct {
+	Target             int      `json:"target,omitempty"`
+	LowWatermark       int      `json:"low_watermark,omitempty"`
+	HardCap            int      `json:"hard_cap,omitempty"`
+	Lifetime           Duration `json:"lifetime,omitzero"`
+	NotBeforeBackdate  Duration `json:"not_before_backdate,omitzero"`
+	MaxLifetime        Duration `json:"max_lifetime,omitzero"`
+	ExpiryMargin       Duration `json:"expiry_margin,omitzero"`
+	DeleteGrace        Duration `json:"delete_grace,omitzero"`
+	UploadTimeout      Duration `json:"upload_timeout,omitzero"`
+	MaxUploadAttempts  int      `json:"max_upload_attempts,omitempty"`
+	TombstoneRetention Duration `json:"tombstone_retention,omitzero"`
+}
+
+// Duration is a time.Duration that reads and writes JSON as a string such as "90s", "36h"
+// or "84d" (d = 24h, for the long lifetimes pools use).
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads "84d", "36h", "90s" and the like.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return &FieldError{Field: "duration", Reason: "must be a string such as \"84d\" or \"36h\""}
+	}
+	v, err := ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}

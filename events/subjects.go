@@ -1,0 +1,66 @@
+package events
+
+import (
+	"fmt"
+	"strings"
+)
+
+// DefaultPrefix is the subject prefix unless the worker is configured otherwise.
+const DefaultPrefix = "kpool"
+
+// Subjects builds and parses kpool's subjects under one prefix.
+type Subjects struct{ Prefix string }
+
+// Event is the subject for an inbound event: <prefix>.events.<pool>.<type>, and
+// <prefix>.events.tick for pool-less expiry ticks.
+func (s Subjects) Event(pool string, t Type) string {
+	if t == TypeExpiryTick && pool == "" {
+		return s.Prefix + ".events.tick"
+	}
+	return fmt.Sprintf("%s.events.%s.%s", s.Prefix, pool, t)
+}
+
+// Events is the wildcard the inbound stream captures.
+func (s Subjects) Events() string { return s.Prefix + ".events.>" }
+
+// Outbound is the subject for an outbound message: <prefix>.<kind>.<pool>.
+func (s Subjects) Outbound(k Kind, pool string) string {
+	return fmt.Sprintf("%s.%s.%s", s.Prefix, k, pool)
+}
+
+// DeadLetter is where rejected inputs are reported.
+func (s Subjects) DeadLetter() string { return s.Prefix + ".deadletter" }
+
+// API is the prefix of the micro service endpoints.
+func (s Subjects) API() string { return s.Prefix + ".api" }
+
+// ParseEvent splits an inbound subject into pool and type. Ticks have an empty pool.
+func (s Subjects) ParseEvent(subject string) (pool string, t Type, err error) {
+	rest, ok := strings.CutPrefix(subject, s.Prefix+".events.")
+	if !ok {
+		return "", "", fmt.Errorf("%w: %q is not under %s.events.", ErrSubject, subject, s.Prefix)
+	}
+	if rest == "tick" {
+		return "", TypeExpiryTick, nil
+	}
+	pool, typ, ok := strings.Cut(rest, ".")
+	if !ok || strings.Contains(typ, ".") {
+		return "", "", fmt.Errorf("%w: %q is not %s.events.<pool>.<type>", ErrSubject, subject, s.Prefix)
+	}
+	return pool, Type(typ), nil
+}
+
+// CheckSubject verifies that an event's pool and type match the subject it arrived on.
+func (s Subjects) CheckSubject(subject string, e Event) error {
+	pool, t, err := s.ParseEvent(subject)
+	if err != nil {
+		return err
+	}
+	if t != e.Type {
+		return fmt.Errorf("%w: type %q arrived on subject %q (type %q)", ErrSubject, e.Type, subject, t)
+	}
+	if pool != e.Pool {
+		return fmt.Errorf("%w: pool %q arrived on subject %q (pool %q)", ErrSubject, e.Pool, subject, pool)
+	}
+	return nil
+}

@@ -1,0 +1,113 @@
+// Package pool is kpool's pure core: pools of KeyPackages, their policy and counters,
+// and Step, which applies one input and returns what changed. No I/O, no wall clock,
+// no randomness: state is read through a View and changes come back as a Ready.
+package pool
+
+import (
+	"time"
+
+	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/fsm"
+)
+
+// KeyPackage is the stored snapshot of one KeyPackage (public data only).
+type KeyPackage struct {
+	Ref        string    `json:"ref"`
+	Pool       string    `json:"pool"`
+	State      fsm.State `json:"state"`
+	KeyPackage []byte    `json:"key_package"` // MLSMessage bytes
+	NotBefore  int64     `json:"not_before"`
+	NotAfter   int64     `json:"not_after"`
+	LastResort bool      `json:"last_resort,omitempty"`
+	Used       bool      `json:"used,omitempty"`  // a last-resort KeyPackage that was claimed
+	Attempt    int       `json:"attempt"`         // upload attempts so far
+	Fresh      bool      `json:"fresh,omitempty"` // available and counted toward the watermark
+	Deadline   time.Time `json:"deadline"`        // next timed action; key of the expiry index
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
+	Reason     string    `json:"reason,omitempty"` // why it was deleted or expired
+}
+
+// Pool is the stored record of one pool: identity, policy, counters and status sequence.
+type Pool struct {
+	ID             string            `json:"id"`
+	Identity       string            `json:"identity"`
+	CipherSuite    uint16            `json:"cipher_suite"`
+	SignatureKey   []byte            `json:"signature_key"`
+	Policy         events.Policy     `json:"policy,omitzero"` // overrides as registered
+	Config         Config            `json:"config"`          // effective configuration
+	Counts         events.Counts     `json:"counts"`
+	Fresh          int               `json:"fresh"` // available and valid at now + expiry margin
+	StatusSeq      uint64            `json:"status_seq"`
+	LastResort     string            `json:"last_resort,omitempty"` // ref of the current last-resort KeyPackage
+	LastResortUsed bool              `json:"last_resort_used,omitempty"`
+	Extra          map[string]string `json:"extra,omitempty"` // reserved; keep the record forward compatible
+}
+
+// Config is a pool's effective policy.
+type Config struct {
+	Target             int           `json:"target"`
+	LowWatermark       int           `json:"low_watermark"`
+	HardCap            int           `json:"hard_cap"`
+	Lifetime           time.Duration `json:"lifetime"`
+	NotBeforeBackdate  time.Duration `json:"not_before_backdate"`
+	MaxLifetime        time.Duration `json:"max_lifetime"`
+	ExpiryMargin       time.Duration `json:"expiry_margin"`
+	DeleteGrace        time.Duration `json:"delete_grace"`
+	UploadTimeout      time.Duration `json:"upload_timeout"`
+	MaxUploadAttempts  int           `json:"max_upload_attempts"`
+	TombstoneRetention time.Duration `json:"tombstone_retention"`
+}
+
+// Meta is the core's global state.
+type Meta struct {
+	Seq  uint64    `json:"seq"`  // sequence number of the last applied input
+	Time time.Time `json:"time"` // largest event time seen
+}
+
+// IndexEntry is one entry of the ordered expiry index: the KeyPackage ref is due for its
+// next timed action at At.
+type IndexEntry struct {
+	At  time.Time
+	Ref string
+}
+
+// View is read-only access to the state the core steps on. The persistence layer
+// implements it over a bbolt transaction (which sees the writes of earlier steps in the
+// same transaction); MemStore implements it in memory for tests and replay.
+type View interface {
+	Meta() (Meta, error)
+	Pool(id string) (Pool, bool, error)
+	KeyPackage(ref string) (KeyPackage, bool, error)
+	// Due calls fn for index entries with At <= until, in (At, Ref) order, until fn
+	// returns false.
+	Due(until time.Time, fn func(IndexEntry) bool) error
+	// Seen reports whether an event id was already applied.
+	Seen(eventID string) (bool, error)
+}
+
+// GenerateRequest asks the edge to mint KeyPackages for a pool and feed each back as a
+// `generated` input.
+type GenerateRequest struct {
+	Pool       string `json:"pool"`
+	Count      int    `json:"count"`
+	LastResort bool   `json:"last_resort,omitempty"`
+}
+
+// Ready is everything one Step changed. The persistence layer writes it in one
+// transaction; nothing here is a private key.
+type Ready struct {
+	Seq         uint64       // sequence number assigned to the input (0 when not applied)
+	Input       events.Event // the input, as journaled
+	Meta        Meta         // new global state
+	Pools       []Pool       // changed pool records, full
+	KeyPackages []KeyPackage // changed KeyPackage records, full (deleted = tombstone)
+	Purge       []string     // tombstones to remove entirely
+	IndexDel    []IndexEntry // expiry index entries to remove
+	IndexPut    []IndexEntry // expiry index entries to add
+	Erase       []string     // refs whose private keys must be erased now
+	Outbox      []events.Outbound
+	Generate    []GenerateRequest
+	Transitions []events.Transition
+	Duplicate   bool // the event id was already applied: nothing changed
+}
