@@ -1,0 +1,126 @@
+// Package natsbus is kpool's NATS adapter and the Go client other services import: the
+// JetStream streams kpool uses, typed publishers for every inbound event, subscribers for
+// status, alerts, uploads and dead letters, and calls to the worker's `kpool` micro
+// service (register, status, list, replenish, get, take — including opening the sealed
+// private bundle a take returns).
+package natsbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/kpool/kpool/events"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Streams names the three JetStream streams of one subject prefix.
+type Streams struct {
+	Events   string // inbound events: <prefix>.events.>
+	Status   string // last status per pool: <prefix>.status.>
+	Outbound string // uploads, withdrawals, transitions, alerts, dead letters
+}
+
+var unsafeStreamChars = regexp.MustCompile(`[^A-Za-z0-9_-]`)
+
+// StreamNames derives stream names from a subject prefix ("kpool" → KPOOL_EVENTS, ...), so
+// several prefixes can share one NATS account.
+func StreamNames(prefix string) Streams {
+	base := strings.ToUpper(unsafeStreamChars.ReplaceAllString(prefix, "_"))
+	return Streams{Events: base + "_EVENTS", Status: base + "_STATUS", Outbound: base + "_OUTBOUND"}
+}
+
+// StreamOptions bounds what the streams keep.
+type StreamOptions struct {
+	// DuplicateWindow is how long JetStream remembers Nats-Msg-Ids (default 2m). Beyond it
+	// the worker's own dedup (every applied event id is stored) still holds.
+	DuplicateWindow time.Duration
+	// EventsMaxAge bounds the inbound stream (default 30 days): the worker acks messages
+	// after commit, and the store keeps the journal for replay.
+	EventsMaxAge time.Duration
+	// OutboundMaxAge bounds uploads, transitions, alerts and dead letters (default 7 days).
+	OutboundMaxAge time.Duration
+	// Replicas for clustered deployments (default 1).
+	Replicas int
+}
+
+func (o StreamOptions) withDefaults() StreamOptions {
+	if o.DuplicateWindow <= 0 {
+		o.DuplicateWindow = 2 * time.Minute
+	}
+	if o.EventsMaxAge <= 0 {
+		o.EventsMaxAge = 30 * 24 * time.Hour
+	}
+	if o.OutboundMaxAge <= 0 {
+		o.OutboundMaxAge = 7 * 24 * time.Hour
+	}
+	if o.Replicas <= 0 {
+		o.Replicas = 1
+	}
+	return o
+}
+
+// StreamConfigs returns the stream configurations for a prefix.
+func StreamConfigs(s events.Subjects, o StreamOptions) []jetstream.StreamConfig {
+	o = o.withDefaults()
+	n := StreamNames(s.Prefix)
+	return []jetstream.StreamConfig{
+		{
+			Name:        n.Events,
+			Description: "kpool inbound events",
+			Subjects:    []string{s.Events()},
+			Storage:     jetstream.FileStorage,
+			Retention:   jetstream.LimitsPolicy,
+			MaxAge:      o.EventsMaxAge,
+			MaxMsgSize:  events.MaxEventSize * 4, // larger ones still reach the worker and are dead-lettered with a reason
+			Duplicates:  o.DuplicateWindow,
+			Replicas:    o.Replicas,
+		},
+		{
+			// One message per subject: a new subscriber gets each pool's current status at once.
+			Name:              n.Status,
+			Description:       "kpool pool status, last value per pool",
+			Subjects:          []string{s.Prefix + "." + string(events.KindStatus) + ".>"},
+			Storage:           jetstream.FileStorage,
+			MaxMsgsPerSubject: 1,
+			Duplicates:        o.DuplicateWindow,
+			AllowDirect:       true,
+			Replicas:          o.Replicas,
+		},
+		{
+			Name:        n.Outbound,
+			Description: "kpool uploads, withdrawals, transitions, alerts and dead letters",
+			Subjects: []string{
+				s.Prefix + "." + string(events.KindUpload) + ".>",
+				s.Prefix + "." + string(events.KindWithdraw) + ".>",
+				s.Prefix + "." + string(events.KindTransition) + ".>",
+				s.Prefix + "." + string(events.KindAlert) + ".>",
+				s.DeadLetter(),
+			},
+			Storage:    jetstream.FileStorage,
+			MaxAge:     o.OutboundMaxAge,
+			Duplicates: o.DuplicateWindow,
+			Replicas:   o.Replicas,
+		},
+	}
+}
+
+// ErrNoJetStream means the NATS server does not have JetStream enabled.
+var ErrNoJetStream = errors.New("natsbus: JetStream is not enabled on the NATS server (kpool needs it)")
+
+// EnsureStreams creates kpool's streams if absent and updates them if their configuration
+// changed. It is idempotent; the worker calls it on every start.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, s events.Subjects, o StreamOptions) error {
+	for _, cfg := range StreamConfigs(s, o) {
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+				return ErrNoJetStream
+			}
+			return fmt.Errorf("natsbus: create stream %s: %w", cfg.Name, err)
+		}
+	}
+	return nil
+}
