@@ -15,6 +15,9 @@ const (
 	Deleted   State = "deleted"
 )
 
+// States lists every state in lifecycle order.
+var States = []State{Created, Available, Claimed, Expired, Deleted}
+
 // Event drives a transition.
 type Event string
 
@@ -26,4 +29,9 @@ const (
 	Consume        Event = "consumed"
 	Expire         Event = "expire"
 	Delete         Event = "delete"
+	// UploadFailed drops a KeyPackage whose uploads were never acknowledged.
+	UploadFailed Event = "upload_failed"
 )
+
+// Live reports whether a KeyPackage in state s still counts toward the hard cap.
+func (s State) Live() bool { return s == Created || s == Available || s == Claimed }
