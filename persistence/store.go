@@ -1,0 +1,124 @@
+// Package persistence stores kpool's state in a bbolt file: records, indexes, sealed
+// private keys, the input journal and the outbox, one core step (or a group of steps)
+// per transaction. It is the only package that imports bbolt. Layout, encryption and
+// erasure are described in docs/storage.md.
+package persistence
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Options configure Open.
+type Options struct {
+	// KeyFile holds the 32-byte master key. Created (mode 0600) when absent on a new
+	// database. Required unless ReadOnly.
+	KeyFile string
+	// Timeout is how long Open waits for another process's lock before failing with
+	// ErrLocked. Default 1s.
+	Timeout time.Duration
+	// JournalRetention keeps journal entries (and the dedup ids they carry) whose event
+	// time is within this duration of the latest event time. 0 keeps everything.
+	JournalRetention time.Duration
+	// ReadOnly opens with a shared lock and never writes (inspect, check). KeyFile is
+	// then optional; without it Secret fails with ErrNoKey.
+	ReadOnly bool
+	// NoSync skips fsync on commit. Only for tests and benchmarks: a crash may lose
+	// committed transactions.
+	NoSync bool
+}
+
+// DefaultTimeout is the lock wait when Options.Timeout is zero.
+const DefaultTimeout = time.Second
+
+// Store is an open kpool database.
+type Store struct {
+	db   *bolt.DB
+	path string
+	seal *sealer // nil when opened read-only without a key
+	opts Options
+}
+
+// Open opens or creates the database at path.
+func Open(path string, opts Options) (*Store, error) {
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.KeyFile == "" && !opts.ReadOnly {
+		return nil, fmt.Errorf("open %s: %w (set --key-file)", path, ErrNoKeyFile)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:      opts.Timeout,
+		ReadOnly:     opts.ReadOnly,
+		NoSync:       opts.NoSync,
+		FreelistType: bolt.FreelistMapType,
+	})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("open %s: %w (lock not acquired within %v)", path, ErrLocked, opts.Timeout)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	s := &Store{db: db, path: path, opts: opts}
+	if err := s.init(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) init() error {
+	if err := checkSchema(s.db, s.path, s.opts.ReadOnly); err != nil {
+		return err
+	}
+	var check []byte
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		check = bytes.Clone(tx.Bucket(bMeta).Get(kKeyCheck))
+		return nil
+	}); err != nil {
+		return err
+	}
+	if s.opts.KeyFile == "" {
+		return nil // read-only without a key
+	}
+	// A database that has never sealed anything may get a fresh key; one that has must
+	// be opened with the key it was sealed under.
+	key, err := loadKey(s.opts.KeyFile, check == nil && !s.opts.ReadOnly)
+	if err != nil {
+		return err
+	}
+	seal, err := newSealer(key)
+	clear(key)
+	if err != nil {
+		return err
+	}
+	if check != nil {
+		if _, err := seal.open(keyCheckAD, check); err != nil {
+			return &KeyFileError{Path: s.opts.KeyFile, Err: ErrWrongKey,
+				Reason: "it is not the key this database was written with"}
+		}
+	} else if !s.opts.ReadOnly {
+		sealed, err := seal.seal(keyCheckAD, keyCheckPlain)
+		if err != nil {
+			return err
+		}
+		if err := s.db.Update(func(tx *bolt.Tx) error {
+			return tx.Bucket(bMeta).Put(kKeyCheck, sealed)
+		}); err != nil {
+			return err
+		}
+	}
+	s.seal = seal
+	return nil
+}
+
+// Close closes the database. Stop the Committer first.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Path is the database file.
+func (s *Store) Path() string { return s.path }
