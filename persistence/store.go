@@ -28,6 +28,9 @@ type Options struct {
 	// ReadOnly opens with a shared lock and never writes (inspect, check). KeyFile is
 	// then optional; without it Secret fails with ErrNoKey.
 	ReadOnly bool
+	// MaxSize bounds the file in bytes; a commit that would grow it further fails.
+	// 0: no limit.
+	MaxSize int
 	// NoSync skips fsync on commit. Only for tests and benchmarks: a crash may lose
 	// committed transactions.
 	NoSync bool
@@ -56,6 +59,7 @@ func Open(path string, opts Options) (*Store, error) {
 		Timeout:      opts.Timeout,
 		ReadOnly:     opts.ReadOnly,
 		NoSync:       opts.NoSync,
+		MaxSize:      opts.MaxSize,
 		FreelistType: bolt.FreelistMapType,
 	})
 	if errors.Is(err, berrors.ErrTimeout) {
