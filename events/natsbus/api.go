@@ -115,7 +115,10 @@ type KeyPackageInfo struct {
 type TakeRequest struct {
 	Ref          string `json:"ref"`
 	RecipientKey []byte `json:"recipient_key"` // HPKE public key of the pool's cipher suite KEM
-	ID           string `json:"id,omitempty"`  // optional idempotency id for the consumed event
+	// CipherSuite, when set, must be the pool's: the worker refuses before consuming
+	// anything, so a key for the wrong suite never costs a KeyPackage.
+	CipherSuite uint16 `json:"cipher_suite,omitempty"`
+	ID          string `json:"id,omitempty"` // optional idempotency id for the consumed event
 }
 
 // TakeResponse carries the private bundle sealed to the recipient key.

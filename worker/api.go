@@ -1,0 +1,323 @@
+package worker
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/events/natsbus"
+	"github.com/kpool/kpool/mls"
+	"github.com/kpool/kpool/persistence"
+	"github.com/kpool/kpool/pool"
+	"github.com/nats-io/nats.go/micro"
+)
+
+// Version is reported by the micro service's INFO.
+const Version = "0.1.0"
+
+// apiError is an answer with a micro error code.
+type apiError struct{ code, desc string }
+
+func (e *apiError) Error() string { return e.code + ": " + e.desc }
+
+func apiErr(code, format string, args ...any) error {
+	return &apiError{code: code, desc: fmt.Sprintf(format, args...)}
+}
+
+// toAPIError maps a rejection to its code; store failures are "unavailable" (retry).
+func toAPIError(err error) *apiError {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return ae
+	}
+	var fe *events.FieldError
+	var re *pool.RejectError
+	if errors.As(err, &fe) || errors.As(err, &re) || errors.Is(err, events.ErrUnknownType) {
+		code, reason := codeOf(err)
+		return &apiError{code: code, desc: reason}
+	}
+	var ie *persistence.InputError
+	if errors.As(err, &ie) {
+		return &apiError{code: CodeStore, desc: ie.Error()}
+	}
+	return &apiError{code: natsbus.CodeUnavailable, desc: "the worker could not commit the request; retry: " + err.Error()}
+}
+
+type endpoint struct {
+	name, verb string
+	perPool    bool
+	fn         func(pool string, data []byte) (any, error)
+}
+
+func (w *Worker) startService() error {
+	svc, err := micro.AddService(w.nc, micro.Config{
+		Name:        natsbus.ServiceName,
+		Version:     Version,
+		Description: "kpool: pools of MLS KeyPackages (register, status, list, replenish, get, take)",
+	})
+	if err != nil {
+		return fmt.Errorf("worker: micro service: %w", err)
+	}
+	w.svc = svc
+	eps := []endpoint{
+		{"pool_register", natsbus.VerbRegister, true, w.apiRegister},
+		{"pool_status", natsbus.VerbStatus, true, w.apiStatus},
+		{"pool_list", natsbus.VerbList, false, w.apiList},
+		{"pool_replenish", natsbus.VerbReplenish, true, w.apiReplenish},
+		{"keypackage_get", natsbus.VerbGet, true, w.apiGet},
+		{"keypackage_take", natsbus.VerbTake, true, w.apiTake},
+	}
+	for _, ep := range eps {
+		subject := natsbus.APISubject(w.subj, ep.verb, "")
+		if ep.perPool {
+			subject = natsbus.APISubject(w.subj, ep.verb, "*")
+		}
+		if err := svc.AddEndpoint(ep.name, w.apiHandler(ep), micro.WithEndpointSubject(subject)); err != nil {
+			return fmt.Errorf("worker: endpoint %s: %w", subject, err)
+		}
+	}
+	w.log.Info("API", "service", natsbus.ServiceName, "subjects", w.subj.API()+".>")
+	return nil
+}
+
+func (w *Worker) apiHandler(ep endpoint) micro.Handler {
+	return micro.HandlerFunc(func(req micro.Request) {
+		id := ""
+		if ep.perPool {
+			id = natsbus.PoolFromAPISubject(req.Subject())
+		}
+		resp, err := w.callAPI(ep, id, req.Data())
+		if err != nil {
+			ae := toAPIError(err)
+			w.metrics.api.WithLabelValues(ep.name, ae.code).Inc()
+			_ = req.Error(ae.code, ae.desc, nil)
+			return
+		}
+		w.metrics.api.WithLabelValues(ep.name, "ok").Inc()
+		_ = req.RespondJSON(resp)
+	})
+}
+
+func (w *Worker) callAPI(ep endpoint, id string, data []byte) (any, error) {
+	if ep.perPool {
+		if err := events.ValidPoolID(id); err != nil {
+			return nil, apiErr(natsbus.CodeInvalidPoolID, "%s", err.(*events.FieldError).Reason)
+		}
+	}
+	if w.ctx.Err() != nil {
+		return nil, apiErr(natsbus.CodeUnavailable, "the worker is shutting down")
+	}
+	return ep.fn(id, data)
+}
+
+// decodeBody reads a request body strictly; an empty body is the zero value.
+func decodeBody(data []byte, v any) error {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil
+	}
+	if len(data) > events.MaxEventSize {
+		return apiErr(natsbus.CodeBadRequest, "request of %d bytes; the limit is %d", len(data), events.MaxEventSize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return apiErr(natsbus.CodeBadRequest, "request body: %v", err)
+	}
+	return nil
+}
+
+func (w *Worker) eventID(given string) string {
+	if given != "" {
+		return given
+	}
+	return natsbus.NewEventID()
+}
+
+// apiRegister creates a pool with a fresh signature key, or updates an existing pool's
+// policy. The private signature key is stored sealed in the same transaction as the
+// pool, and returned sealed to recipient_key only by the call that created the pool.
+func (w *Worker) apiRegister(id string, data []byte) (any, error) {
+	var body natsbus.RegisterRequest
+	if err := decodeBody(data, &body); err != nil {
+		return nil, err
+	}
+	w.regMu.Lock()
+	defer w.regMu.Unlock()
+	existing, exists, err := w.store.Pool(id)
+	if err != nil {
+		return nil, err
+	}
+	reg := &events.Register{Identity: body.Identity, CipherSuite: body.CipherSuite, Policy: body.Policy}
+	in := persistence.Input{Event: events.Event{ID: w.eventID(body.ID), Type: events.TypePoolRegistered, Time: w.cfg.Clock().UTC(), Pool: id, Register: reg}}
+	var sealed *natsbus.Sealed
+	if exists {
+		reg.SignatureKey = existing.SignatureKey
+	} else {
+		if !mls.CipherSuite(body.CipherSuite).Valid() {
+			return nil, &events.FieldError{Field: "cipher_suite", Reason: fmt.Sprintf("%d is not an RFC 9420 cipher suite (1-7)", body.CipherSuite)}
+		}
+		priv, pub, err := mls.NewSignatureKey(mls.CipherSuite(body.CipherSuite), w.cfg.Rand)
+		if err != nil {
+			return nil, apiErr(natsbus.CodeInternal, "signature key generation failed: %v", err)
+		}
+		defer clear(priv)
+		reg.SignatureKey = pub
+		in.Secrets = map[string][]byte{persistence.PoolSecretID(id): priv}
+		if len(body.RecipientKey) > 0 {
+			// Seal before committing: a bad recipient key must not leave a pool whose key
+			// the caller never received.
+			enc, ct, err := mls.SealTo(mls.CipherSuite(body.CipherSuite), body.RecipientKey, natsbus.SealInfoSignatureKey(id), priv, w.cfg.Rand)
+			if err != nil {
+				return nil, apiErr(natsbus.CodeInvalidRecipient, "recipient_key is not an HPKE public key of cipher suite %d: %v", body.CipherSuite, err)
+			}
+			sealed = &natsbus.Sealed{Enc: enc, Ciphertext: ct}
+		}
+	}
+	if err := events.Validate(in.Event); err != nil {
+		return nil, err
+	}
+	res, err := w.submit(in)
+	if err != nil {
+		return nil, err
+	}
+	if res.Err != nil {
+		return nil, res.Err
+	}
+	p, ok, err := w.store.Pool(id)
+	if err != nil || !ok {
+		return nil, apiErr(natsbus.CodeInternal, "pool %s not found after registration", id)
+	}
+	created := !exists && !res.Ready.Duplicate
+	info := natsbus.PoolInfo{Pool: p.ID, Identity: p.Identity, CipherSuite: p.CipherSuite, SignatureKey: p.SignatureKey, Created: created, Policy: p.Policy}
+	if created {
+		info.SealedSignatureKey = sealed
+		w.log.Info("pool registered", "pool", id, "identity", p.Identity, "cipher_suite", p.CipherSuite)
+	}
+	if st, err := w.statusOf(p); err == nil {
+		info.Status = &st
+	}
+	return info, nil
+}
+
+func (w *Worker) apiStatus(id string, _ []byte) (any, error) {
+	p, ok, err := w.store.Pool(id)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, apiErr(pool.CodeUnknownPool, "pool %s is not registered", id)
+	}
+	return w.statusOf(p)
+}
+
+func (w *Worker) apiList(_ string, _ []byte) (any, error) {
+	pools, err := w.store.Pools()
+	if err != nil {
+		return nil, err
+	}
+	out := natsbus.PoolList{Pools: make([]events.Status, 0, len(pools))}
+	for _, p := range pools {
+		st, err := w.statusOf(p)
+		if err != nil {
+			return nil, err
+		}
+		out.Pools = append(out.Pools, st)
+	}
+	return out, nil
+}
+
+func (w *Worker) apiReplenish(id string, data []byte) (any, error) {
+	var body natsbus.ReplenishRequest
+	if err := decodeBody(data, &body); err != nil {
+		return nil, err
+	}
+	ev := events.Event{ID: w.eventID(body.ID), Type: events.TypeReplenish, Time: w.cfg.Clock().UTC(), Pool: id}
+	res, err := w.submit(persistence.Input{Event: ev})
+	if err != nil {
+		return nil, err
+	}
+	if res.Err != nil {
+		return nil, res.Err
+	}
+	return w.apiStatus(id, nil)
+}
+
+// keyPackageIn reads a KeyPackage and checks it belongs to the pool the caller named.
+func (w *Worker) keyPackageIn(id, ref string) (pool.KeyPackage, error) {
+	if err := events.Validate(events.Event{ID: "x", Type: events.TypeClaimed, Time: w.cfg.Clock(), Pool: id, Ref: ref}); err != nil {
+		return pool.KeyPackage{}, err
+	}
+	kp, ok, err := w.store.KeyPackage(ref)
+	if err != nil {
+		return kp, err
+	}
+	if !ok {
+		return kp, apiErr(pool.CodeUnknownRef, "no KeyPackage %s", ref)
+	}
+	if kp.Pool != id {
+		// Do not name the other pool: callers may be scoped to their own pools.
+		return kp, apiErr(pool.CodeWrongPool, "KeyPackage %s does not belong to pool %s", ref, id)
+	}
+	return kp, nil
+}
+
+func (w *Worker) apiGet(id string, data []byte) (any, error) {
+	var body natsbus.GetRequest
+	if err := decodeBody(data, &body); err != nil {
+		return nil, err
+	}
+	kp, err := w.keyPackageIn(id, body.Ref)
+	if err != nil {
+		return nil, err
+	}
+	return natsbus.KeyPackageInfo{Pool: kp.Pool, Ref: kp.Ref, State: string(kp.State), KeyPackage: kp.KeyPackage,
+		NotBefore: kp.NotBefore, NotAfter: kp.NotAfter, LastResort: kp.LastResort, Used: kp.Used, Attempt: kp.Attempt, Reason: kp.Reason}, nil
+}
+
+// apiTake consumes a KeyPackage and returns its private bundle sealed to recipient_key.
+// Everything that can be checked is checked before the commit, because the commit erases
+// the private keys: a take whose answer is lost cannot be repeated.
+func (w *Worker) apiTake(id string, data []byte) (any, error) {
+	var body natsbus.TakeRequest
+	if err := decodeBody(data, &body); err != nil {
+		return nil, err
+	}
+	p, ok, err := w.store.Pool(id)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, apiErr(pool.CodeUnknownPool, "pool %s is not registered", id)
+	}
+	if _, err := w.keyPackageIn(id, body.Ref); err != nil {
+		return nil, err
+	}
+	suite := mls.CipherSuite(p.CipherSuite)
+	if body.CipherSuite != 0 && body.CipherSuite != p.CipherSuite {
+		return nil, apiErr(natsbus.CodeInvalidRecipient, "recipient key is for cipher suite %d, pool %s uses %d", body.CipherSuite, id, p.CipherSuite)
+	}
+	info := natsbus.SealInfoTake(id, body.Ref)
+	if _, _, err := mls.SealTo(suite, body.RecipientKey, info, nil, w.cfg.Rand); err != nil {
+		return nil, apiErr(natsbus.CodeInvalidRecipient, "recipient_key is not an HPKE public key of cipher suite %d: %v", p.CipherSuite, err)
+	}
+	ev := events.Event{ID: w.eventID(body.ID), Type: events.TypeConsumed, Time: w.cfg.Clock().UTC(), Pool: id, Ref: body.Ref}
+	res, err := w.submit(persistence.Input{Event: ev, Reveal: body.Ref})
+	if err != nil {
+		return nil, err
+	}
+	if res.Err != nil {
+		return nil, res.Err
+	}
+	defer clear(res.Revealed)
+	if len(res.Revealed) == 0 {
+		return nil, apiErr(pool.CodeInvalidTransition, "KeyPackage %s was already taken (event %s applied before); its private keys are erased", body.Ref, ev.ID)
+	}
+	enc, ct, err := mls.SealTo(suite, body.RecipientKey, info, res.Revealed, w.cfg.Rand)
+	if err != nil {
+		return nil, apiErr(natsbus.CodeInternal, "sealing the bundle failed after the KeyPackage was consumed: %v", err)
+	}
+	w.log.Info("KeyPackage taken", "pool", id, "ref", body.Ref)
+	return natsbus.TakeResponse{Pool: id, Ref: body.Ref, CipherSuite: p.CipherSuite, Sealed: natsbus.Sealed{Enc: enc, Ciphertext: ct}}, nil
+}

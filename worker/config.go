@@ -1,0 +1,148 @@
+// Package worker assembles a running kpool worker: NATS (an embedded nats-server or an
+// existing cluster), the bbolt store, the pure core, the committer, the KeyPackage
+// generator, the expiry ticker, the outbox relay, the `kpool` micro service and metrics.
+// cmd/worker is a thin flag layer over it; tests and other teams start workers in-process
+// with Start.
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/pool"
+	"github.com/nats-io/nats.go"
+)
+
+// Config configures a worker. The zero value of every field has a sensible default except
+// DataDir.
+type Config struct {
+	// DataDir holds kpool.db, kpool.key (unless KeyFile is set) and, with the embedded
+	// server, the JetStream store under nats/.
+	DataDir string
+	// KeyFile is the store's master key (default <DataDir>/kpool.key, created if absent).
+	KeyFile string
+
+	// NATSURL points at an existing NATS server or cluster (JetStream required). Empty
+	// runs an embedded nats-server on Listen.
+	NATSURL string
+	// NATSOptions are extra client options (credentials, TLS) for NATSURL.
+	NATSOptions []nats.Option
+	// Listen is the embedded server's client address (default 127.0.0.1:4222; port 0 or
+	// -1 picks a free port).
+	Listen string
+
+	// Prefix is the subject prefix (default "kpool").
+	Prefix string
+	// Tick is the period of the worker's own expiry_tick events; 0 disables the ticker
+	// (an external scheduler publishes ticks instead).
+	Tick time.Duration
+	// Defaults is the default pool policy (default pool.DefaultConfig()).
+	Defaults *pool.Config
+	// MaxSkew is how far in the future an event's time may be before it is dead-lettered
+	// (default 5m): the core's clock only moves forward, so one bad timestamp would
+	// otherwise expire every pool at once.
+	MaxSkew time.Duration
+	// Durable is the JetStream consumer name (default "<prefix>-worker").
+	Durable string
+	// MetricsAddr serves Prometheus metrics at http://MetricsAddr/metrics when set.
+	MetricsAddr string
+	// Batch is how many inbound messages one fetch takes (default 64).
+	Batch int
+
+	// Logger receives structured logs (default: discard).
+	Logger *slog.Logger
+	// Clock is the wall clock of the edges (ticker, API events, skew check). The core
+	// never reads it. Default time.Now; tests inject their own.
+	Clock func() time.Time
+	// Rand is the randomness for keys (default crypto/rand).
+	Rand io.Reader
+	// NoSync skips fsync in the store (tests only).
+	NoSync bool
+}
+
+// ErrConfig marks an invalid worker configuration.
+var ErrConfig = errors.New("worker: invalid configuration")
+
+func (c Config) withDefaults() (Config, error) {
+	if c.DataDir == "" {
+		return c, fmt.Errorf("%w: the data directory is required", ErrConfig)
+	}
+	if c.KeyFile == "" {
+		c.KeyFile = filepath.Join(c.DataDir, "kpool.key")
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:4222"
+	}
+	if c.Prefix == "" {
+		c.Prefix = events.DefaultPrefix
+	}
+	if err := validPrefix(c.Prefix); err != nil {
+		return c, err
+	}
+	if c.Tick < 0 {
+		return c, fmt.Errorf("%w: tick %v is negative (0 disables the ticker)", ErrConfig, c.Tick)
+	}
+	if c.Defaults == nil {
+		d := pool.DefaultConfig()
+		c.Defaults = &d
+	}
+	if c.MaxSkew <= 0 {
+		c.MaxSkew = 5 * time.Minute
+	}
+	if c.Durable == "" {
+		c.Durable = StreamSafe(c.Prefix) + "-worker"
+	}
+	if c.Batch <= 0 {
+		c.Batch = 64
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
+	return c, nil
+}
+
+// validPrefix: one or more NATS tokens without wildcards.
+func validPrefix(p string) error {
+	for _, tok := range splitDots(p) {
+		if tok == "" || tok == "*" || tok == ">" {
+			return fmt.Errorf("%w: subject prefix %q must be dot-separated tokens without wildcards", ErrConfig, p)
+		}
+		for _, r := range tok {
+			if r <= ' ' || r == '*' || r == '>' {
+				return fmt.Errorf("%w: subject prefix %q contains %q", ErrConfig, p, r)
+			}
+		}
+	}
+	return nil
+}
+
+func splitDots(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == '.' {
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	return out
+}
+
+// StreamSafe turns a prefix into a name usable for streams and consumers.
+func StreamSafe(prefix string) string {
+	b := []byte(prefix)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}

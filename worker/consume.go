@@ -1,0 +1,188 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/events/natsbus"
+	"github.com/kpool/kpool/persistence"
+	"github.com/kpool/kpool/pool"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Dead-letter codes the edge adds to those of events.Code and the core's RejectError.
+const (
+	CodeFutureTime   = "future_time"   // event time beyond wall clock + MaxSkew
+	CodeInternalType = "internal_type" // generated / pool_registered come from the worker itself
+	CodeStore        = "store_refused" // the store refused the step's result (e.g. missing secret)
+)
+
+// consumeLoop fetches batches from the durable consumer and handles each message in
+// order. On stop it finishes the batch in hand; unfetched messages stay in the stream.
+func (w *Worker) consumeLoop() {
+	defer w.loops.Done()
+	backoff := 100 * time.Millisecond
+	for w.ctx.Err() == nil {
+		batch, err := w.cons.Fetch(w.cfg.Batch, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			w.log.Warn("fetch from the events stream failed; retrying", "err", err, "in", backoff)
+			if !w.sleepCtx(backoff) {
+				return
+			}
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		for msg := range batch.Messages() {
+			w.handle(msg)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
+			w.log.Warn("fetch ended with an error; retrying", "err", err, "in", backoff)
+			if !w.sleepCtx(backoff) {
+				return
+			}
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+	}
+}
+
+func isPublic(t events.Type) bool {
+	for _, p := range events.PublicTypes {
+		if p == t {
+			return true
+		}
+	}
+	return false
+}
+
+// handle applies one inbound message. Bad input → dead letter, then ack. A committed
+// effect (or a duplicate) → ack. A store failure → nak with delay: the message is
+// redelivered, and the event id keeps a second delivery from applying twice.
+func (w *Worker) handle(msg jetstream.Msg) {
+	start := time.Now()
+	ev, err := w.decode(msg)
+	if err != nil {
+		w.deadLetter(msg, bestEffortID(msg.Data()), err)
+		w.ack(msg)
+		return
+	}
+	res, err := w.submit(persistence.Input{Event: ev})
+	if err != nil {
+		w.metrics.events.WithLabelValues(string(ev.Type), "retry").Inc()
+		w.log.Error("commit failed; the message will be redelivered", "event", ev.ID, "err", err)
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
+	if res.Err != nil {
+		w.deadLetter(msg, ev.ID, res.Err)
+		w.reportRefusedTransition(ev, res.Err)
+		w.ack(msg)
+		return
+	}
+	result := "applied"
+	if res.Ready.Duplicate {
+		result = "duplicate"
+	}
+	w.metrics.events.WithLabelValues(string(ev.Type), result).Inc()
+	w.metrics.stepSeconds.Observe(time.Since(start).Seconds())
+	w.ack(msg)
+}
+
+// decode validates a message: size, JSON, fields, subject, origin and time skew.
+func (w *Worker) decode(msg jetstream.Msg) (events.Event, error) {
+	ev, err := events.Decode(msg.Data())
+	if err != nil {
+		return ev, err
+	}
+	if err := w.subj.CheckSubject(msg.Subject(), ev); err != nil {
+		return ev, err
+	}
+	if !isPublic(ev.Type) {
+		return ev, &edgeError{code: CodeInternalType, reason: fmt.Sprintf("%q inputs are produced by the worker itself and are not accepted on %s", ev.Type, msg.Subject())}
+	}
+	if limit := w.cfg.Clock().Add(w.cfg.MaxSkew); ev.Time.After(limit) {
+		return ev, &edgeError{code: CodeFutureTime, reason: fmt.Sprintf("time %s is more than %v ahead of the worker's clock (%s); kpool's clock only moves forward, so it refuses far-future times", ev.Time.Format(time.RFC3339), w.cfg.MaxSkew, limit.Add(-w.cfg.MaxSkew).UTC().Format(time.RFC3339))}
+	}
+	return ev, nil
+}
+
+// bestEffortID pulls the id out of a payload that failed validation, for the dead letter.
+func bestEffortID(data []byte) string {
+	var v struct {
+		ID string `json:"id"`
+	}
+	if len(data) > events.MaxEventSize || json.Unmarshal(data, &v) != nil || len(v.ID) > events.MaxIDLength {
+		return ""
+	}
+	return v.ID
+}
+
+// edgeError is a rejection decided at the edge, before the core.
+type edgeError struct{ code, reason string }
+
+func (e *edgeError) Error() string { return e.reason }
+
+// codeOf maps any rejection to its stable code and reason.
+func codeOf(err error) (code, reason string) {
+	var ee *edgeError
+	var re *pool.RejectError
+	var ie *persistence.InputError
+	switch {
+	case errors.As(err, &ee):
+		return ee.code, ee.reason
+	case errors.As(err, &re):
+		return re.Code, re.Error()
+	case errors.As(err, &ie):
+		return CodeStore, ie.Error()
+	}
+	return events.Code(err), err.Error()
+}
+
+func (w *Worker) ack(msg jetstream.Msg) {
+	// DoubleAck waits for the server's confirmation, so a lost ack cannot turn into a
+	// silent redelivery loop; a redelivery would be deduplicated anyway.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := msg.DoubleAck(ctx); err != nil {
+		w.log.Warn("ack failed; the message will be redelivered and deduplicated", "subject", msg.Subject(), "err", err)
+	}
+}
+
+// deadLetter reports a rejected message on <prefix>.deadletter. Its Nats-Msg-Id is derived
+// from the stream sequence so a redelivered bad message yields one dead letter.
+func (w *Worker) deadLetter(msg jetstream.Msg, eventID string, cause error) {
+	code, reason := codeOf(cause)
+	w.metrics.deadLetters.WithLabelValues(code).Inc()
+	msgID := "dl-" + eventID
+	if md, err := msg.Metadata(); err == nil {
+		msgID = fmt.Sprintf("dl-%s-%d", md.Stream, md.Sequence.Stream)
+	}
+	d := natsbus.NewDeadLetter(msg.Subject(), eventID, code, reason, msg.Data(), w.cfg.Clock())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := natsbus.PublishDeadLetter(ctx, w.js, w.subj, d, msgID); err != nil {
+		w.log.Error("dead letter not published", "code", code, "reason", reason, "err", err)
+		return
+	}
+	w.log.Info("dead letter", "subject", msg.Subject(), "event", eventID, "code", code, "reason", reason)
+}
+
+// reportRefusedTransition adds a refused transition to the transition log of the pool, so
+// someone following a KeyPackage sees the event it did not accept.
+func (w *Worker) reportRefusedTransition(ev events.Event, cause error) {
+	var re *pool.RejectError
+	if !errors.As(cause, &re) || re.Code != pool.CodeInvalidTransition || ev.Pool == "" || ev.Ref == "" {
+		return
+	}
+	kp, ok, err := w.store.KeyPackage(ev.Ref)
+	if err != nil || !ok {
+		return
+	}
+	t := events.Transition{Pool: ev.Pool, Ref: ev.Ref, From: string(kp.State), To: string(kp.State), Event: string(ev.Type), EventID: ev.ID, Time: ev.Time, Error: re.Reason}
+	w.publishJSON(events.KindTransition, ev.Pool, "refused-"+ev.ID, t)
+}

@@ -1,0 +1,113 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/events/natsbus"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// relayBatch bounds how many outbox messages one pass holds in memory.
+const relayBatch = 256
+
+func (w *Worker) kickRelay() {
+	select {
+	case w.relayKick <- struct{}{}:
+	default:
+	}
+}
+
+// relayLoop publishes the outbox when kicked (after commits, on reconnect) and every few
+// seconds, so a message that failed to go out is retried.
+func (w *Worker) relayLoop() {
+	defer w.loops.Done()
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.ctx.Done():
+			return
+		case <-w.relayKick:
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(w.ctx, 10*time.Second)
+		if err := w.relayOnce(ctx); err != nil && w.ctx.Err() == nil {
+			w.log.Warn("outbox relay failed; retrying", "err", err)
+		}
+		cancel()
+	}
+}
+
+// relayOnce publishes every pending outbox message, oldest first, and acknowledges the
+// published ones in the store. Each carries Nats-Msg-Id = its outbox id, so publishing it
+// again after a crash is deduplicated by the stream.
+func (w *Worker) relayOnce(ctx context.Context) error {
+	w.relayMu.Lock()
+	defer w.relayMu.Unlock()
+	for {
+		var batch []events.Outbound
+		err := w.store.Outbox(func(o events.Outbound) error {
+			batch = append(batch, o)
+			if len(batch) >= relayBatch {
+				return errBatchFull
+			}
+			return nil
+		})
+		if err != nil && err != errBatchFull {
+			return fmt.Errorf("read outbox: %w", err)
+		}
+		if len(batch) == 0 {
+			w.metrics.outboxPending.Set(0)
+			return nil
+		}
+		var done []string
+		var pubErr error
+		for _, o := range batch {
+			if pubErr = natsbus.PublishOutbound(ctx, w.js, w.subj, o); pubErr != nil {
+				break
+			}
+			done = append(done, o.ID)
+			w.metrics.relayed.WithLabelValues(string(o.Kind)).Inc()
+			if o.Kind == events.KindStatus {
+				w.metrics.observeStatus(o.Body)
+			}
+		}
+		if len(done) > 0 {
+			if err := w.store.AckOutbox(done...); err != nil {
+				return fmt.Errorf("ack outbox: %w", err)
+			}
+		}
+		if pubErr != nil {
+			w.metrics.outboxPending.Set(float64(len(batch) - len(done)))
+			return pubErr
+		}
+		if len(batch) < relayBatch {
+			w.metrics.outboxPending.Set(0)
+			return nil
+		}
+	}
+}
+
+type sentinel string
+
+func (s sentinel) Error() string { return string(s) }
+
+const errBatchFull = sentinel("batch full")
+
+// publishJSON publishes a message that is not a state change (refused transitions):
+// best effort, deduplicated by id.
+func (w *Worker) publishJSON(k events.Kind, poolID, id string, v any) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := w.js.Publish(ctx, w.subj.Outbound(k, poolID), data, jetstream.WithMsgID(id)); err != nil {
+		w.log.Warn("publish failed", "subject", w.subj.Outbound(k, poolID), "err", err)
+	}
+}

@@ -1,0 +1,306 @@
+package worker
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/events/natsbus"
+	"github.com/kpool/kpool/persistence"
+	"github.com/kpool/kpool/pool"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+)
+
+// Worker is a running kpool worker. Start it with Start, stop it with Close.
+type Worker struct {
+	cfg     Config
+	log     *slog.Logger
+	subj    events.Subjects
+	streams natsbus.Streams
+
+	ns        *server.Server // nil when using an external NATS
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	cons      jetstream.Consumer
+	store     *persistence.Store
+	committer *persistence.Committer
+	core      *pool.Core
+	svc       micro.Service
+	metrics   *metrics
+	httpSrv   *http.Server
+	gen       *generator
+
+	ncClosed  chan struct{}
+	relayMu   sync.Mutex
+	relayKick chan struct{}
+	regMu     sync.Mutex // serializes pool registration (key generation + first commit)
+
+	ctx     context.Context // cancelled by Close: stop taking new work
+	stop    context.CancelFunc
+	loops   sync.WaitGroup
+	closing sync.Once
+	closed  chan struct{}
+	err     error
+}
+
+// Start opens the store, connects to (or starts) NATS, ensures the streams and the
+// durable consumer, relays any outbox left from a previous run, resumes outstanding
+// KeyPackage generation and starts consuming, ticking and serving the API.
+func Start(ctx context.Context, cfg Config) (w *Worker, err error) {
+	cfg, err = cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("worker: data directory: %w", err)
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	w = &Worker{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		subj:      events.Subjects{Prefix: cfg.Prefix},
+		streams:   natsbus.StreamNames(cfg.Prefix),
+		core:      &pool.Core{Defaults: *cfg.Defaults},
+		relayKick: make(chan struct{}, 1),
+		ncClosed:  make(chan struct{}),
+		closed:    make(chan struct{}),
+		metrics:   newMetrics(),
+	}
+	w.ctx, w.stop = context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			w.shutdown()
+		}
+	}()
+
+	w.store, err = persistence.Open(filepath.Join(cfg.DataDir, "kpool.db"), persistence.Options{KeyFile: cfg.KeyFile, NoSync: cfg.NoSync})
+	if err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
+	}
+	w.committer = persistence.NewCommitter(w.store, w.core.Step)
+
+	if err := w.connect(); err != nil {
+		return nil, err
+	}
+	if err := natsbus.EnsureStreams(ctx, w.js, w.subj, natsbus.StreamOptions{}); err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
+	}
+	w.cons, err = w.js.CreateOrUpdateConsumer(ctx, w.streams.Events, jetstream.ConsumerConfig{
+		Durable:       cfg.Durable,
+		Description:   "kpool worker",
+		FilterSubject: w.subj.Events(),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxAckPending: 4 * cfg.Batch,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("worker: durable consumer %s: %w", cfg.Durable, err)
+	}
+	// What a crash left unpublished goes out first, with the same ids (deduplicated).
+	if err := w.relayOnce(ctx); err != nil {
+		w.log.Warn("outbox relay at start-up failed; will retry", "err", err)
+	}
+	w.gen = newGenerator(w)
+	if err := w.gen.resume(); err != nil {
+		return nil, err
+	}
+	if err := w.startService(); err != nil {
+		return nil, err
+	}
+	if cfg.MetricsAddr != "" {
+		if err := w.serveMetrics(cfg.MetricsAddr); err != nil {
+			return nil, err
+		}
+	}
+	w.loops.Add(3)
+	go w.consumeLoop()
+	go w.relayLoop()
+	go w.gen.loop()
+	if cfg.Tick > 0 {
+		w.loops.Add(1)
+		go w.tickLoop()
+	}
+	w.logPools()
+	return w, nil
+}
+
+// connect starts the embedded server or dials NATSURL.
+func (w *Worker) connect() error {
+	url := w.cfg.NATSURL
+	if url == "" {
+		ns, err := StartEmbedded(EmbeddedOptions{Listen: w.cfg.Listen, StoreDir: filepath.Join(w.cfg.DataDir, "nats")})
+		if err != nil {
+			return err
+		}
+		w.ns = ns
+		url = ns.ClientURL()
+		w.log.Info("embedded NATS server listening", "url", url, "jetstream", filepath.Join(w.cfg.DataDir, "nats"))
+	}
+	opts := append([]nats.Option{
+		nats.Name("kpool-worker"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.RetryOnFailedConnect(false),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			w.log.Warn("NATS disconnected", "err", err)
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { close(w.ncClosed) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			w.log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted())
+			w.kickRelay()
+		}),
+	}, w.cfg.NATSOptions...)
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return fmt.Errorf("worker: connect to NATS at %s: %w", url, err)
+	}
+	w.nc = nc
+	w.js, err = jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	if w.ns == nil {
+		w.log.Info("connected to NATS", "url", nc.ConnectedUrlRedacted())
+	}
+	return nil
+}
+
+func (w *Worker) logPools() {
+	pools, err := w.store.Pools()
+	if err != nil {
+		w.log.Error("reading pools", "err", err)
+		return
+	}
+	meta, _ := w.store.Meta()
+	w.log.Info("worker running", "prefix", w.cfg.Prefix, "pools", len(pools), "seq", meta.Seq, "core_time", meta.Time, "tick", w.cfg.Tick)
+	for _, p := range pools {
+		w.log.Info("pool", "pool", p.ID, "identity", p.Identity, "cipher_suite", p.CipherSuite,
+			"created", p.Counts.Created, "available", p.Counts.Available, "claimed", p.Counts.Claimed,
+			"expired", p.Counts.Expired, "fresh", p.Fresh, "target", p.Config.Target)
+	}
+}
+
+// ClientURL is the URL of the NATS server the worker uses (the embedded one's, or the
+// first of NATSURL).
+func (w *Worker) ClientURL() string {
+	if w.ns != nil {
+		return w.ns.ClientURL()
+	}
+	return w.nc.ConnectedUrl()
+}
+
+// Conn is the worker's NATS connection.
+func (w *Worker) Conn() *nats.Conn { return w.nc }
+
+// Store gives read access to the worker's store (tests, inspection).
+func (w *Worker) Store() *persistence.Store { return w.store }
+
+// Subjects are the worker's subjects.
+func (w *Worker) Subjects() events.Subjects { return w.subj }
+
+// Done is closed when the worker has stopped.
+func (w *Worker) Done() <-chan struct{} { return w.closed }
+
+// Close stops the worker gracefully: the API stops answering, the consumer finishes and
+// commits the batch in hand, the outbox is flushed, then NATS and the store are closed.
+// Generation in progress stops after the KeyPackage being committed; the rest is
+// resumed at the next start (outstanding requests are durable).
+func (w *Worker) Close() error {
+	w.shutdown()
+	return w.err
+}
+
+func (w *Worker) shutdown() {
+	w.closing.Do(func() {
+		var errs []error
+		if w.svc != nil {
+			errs = append(errs, w.svc.Stop())
+		}
+		w.stop()
+		w.loops.Wait()
+		if w.nc != nil && w.store != nil && w.nc.IsConnected() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := w.relayOnce(ctx); err != nil {
+				w.log.Warn("final outbox flush incomplete; it is published at the next start", "err", err)
+			}
+			cancel()
+		}
+		if w.committer != nil {
+			errs = append(errs, w.committer.Close())
+		}
+		if w.httpSrv != nil {
+			errs = append(errs, w.httpSrv.Close())
+		}
+		if w.nc != nil {
+			if err := w.nc.Drain(); err != nil {
+				w.nc.Close()
+			}
+			select { // Drain is asynchronous
+			case <-w.ncClosed:
+			case <-time.After(5 * time.Second):
+				w.nc.Close()
+			}
+		}
+		if w.ns != nil {
+			w.ns.Shutdown()
+			w.ns.WaitForShutdown()
+		}
+		if w.store != nil {
+			errs = append(errs, w.store.Close())
+		}
+		w.err = errors.Join(errs...)
+		close(w.closed)
+		w.log.Info("worker stopped")
+	})
+}
+
+// sleepCtx waits d or until the worker stops; false means stop.
+func (w *Worker) sleepCtx(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-w.ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// submit hands one input to the committer, bounded so a wedged store surfaces as an error.
+func (w *Worker) submit(in persistence.Input) (persistence.Result, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := w.committer.Submit(ctx, in)
+	if err == nil && res.Err == nil {
+		w.afterCommit(res.Ready)
+	}
+	return res, err
+}
+
+// afterCommit carries a committed step's effects out: generation requests and the outbox.
+func (w *Worker) afterCommit(r pool.Ready) {
+	if r.Duplicate {
+		w.metrics.duplicates.Inc()
+		return
+	}
+	for _, g := range r.Generate {
+		w.gen.enqueue(g)
+	}
+	if len(r.Outbox) > 0 {
+		w.kickRelay()
+	}
+}
