@@ -103,10 +103,10 @@ func (pb *PrivateBundle) Wipe() {
 
 const redactedBundle = "mls.PrivateBundle{REDACTED}"
 
-func (pb *PrivateBundle) String() string             { return redactedBundle }
-func (pb *PrivateBundle) GoString() string           { return redactedBundle }
-func (pb *PrivateBundle) Format(f fmt.State, _ rune) { io.WriteString(f, redactedBundle) }
-func (pb PrivateBundle) MarshalJSON() ([]byte, error) {
+func (PrivateBundle) String() string             { return redactedBundle }
+func (PrivateBundle) GoString() string           { return redactedBundle }
+func (PrivateBundle) Format(f fmt.State, _ rune) { io.WriteString(f, redactedBundle) }
+func (PrivateBundle) MarshalJSON() ([]byte, error) {
 	return nil, errors.New("mls: PrivateBundle is not JSON-encodable; use MarshalBinary and encrypt it")
 }
 
