@@ -1,10 +1,13 @@
 package pool
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/fsm"
 )
 
 // DefaultConfig is the pool policy unless the worker or the pool overrides it.
@@ -24,17 +27,304 @@ func DefaultConfig() Config {
 	}
 }
 
-// Core applies inputs. It holds only the worker's default configuration; all state is
-// read through a View.
+// Core applies inputs. It holds only the worker's default configuration (zero fields
+// keep DefaultConfig); all state is read through a View.
 type Core struct {
 	Defaults Config
 }
 
-// ErrNotImplemented is temporary while the core is being written.
+// ErrNotImplemented is kept for compatibility with early callers; Step no longer returns it.
 var ErrNotImplemented = errors.New("pool: not implemented")
 
 // Step applies one input to the state seen through v and returns what changed. An error
-// means the input was rejected and nothing changed; it says what and why.
+// means the input was rejected and nothing changed; a *RejectError says what and why.
+// A Step costs O(1) in the pool size plus O(KeyPackages whose timers are due).
 func (c *Core) Step(v View, in events.Event) (Ready, error) {
-	return Ready{}, ErrNotImplemented
+	seen, err := v.Seen(in.ID)
+	if err != nil {
+		return Ready{}, err
+	}
+	if seen {
+		return Ready{Input: in, Duplicate: true}, nil
+	}
+	if err := events.Validate(in); err != nil {
+		return Ready{}, reject(in, CodeInvalidInput, "", err.Error(), err)
+	}
+	meta, err := v.Meta()
+	if err != nil {
+		return Ready{}, err
+	}
+	now := meta.Time
+	if in.Time.After(now) {
+		now = in.Time.UTC()
+	}
+	t := newTxn(v, in, meta, now)
+	if err := t.due(); err != nil {
+		return Ready{}, err
+	}
+	force := map[string]bool{}
+	if err := c.apply(t, force); err != nil {
+		return Ready{}, err
+	}
+	t.finish(force)
+	if t.err != nil {
+		return Ready{}, t.err
+	}
+	return t.ready(), nil
+}
+
+// due runs every timer that has come due by now, in index order.
+func (t *txn) due() error {
+	var entries []IndexEntry
+	if err := t.v.Due(t.now, func(e IndexEntry) bool { entries = append(entries, e); return true }); err != nil {
+		return err
+	}
+	for _, e := range entries {
+		k, ok, err := t.kp(e.Ref)
+		if err != nil {
+			return err
+		}
+		if !ok || !k.Deadline.Equal(e.At) {
+			continue // already handled in this step, or a stale entry
+		}
+		p, ok, err := t.pool(k.Pool)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("pool: KeyPackage %s names unknown pool %q", k.Ref, k.Pool)
+		}
+		if err := t.settle(p, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func reject(in events.Event, code, ref, reason string, err error) *RejectError {
+	return &RejectError{Code: code, EventID: in.ID, Pool: in.Pool, Ref: ref, Reason: reason, Err: err}
+}
+
+func (c *Core) apply(t *txn, force map[string]bool) error {
+	in := t.in
+	switch in.Type {
+	case events.TypePoolRegistered:
+		return c.register(t, force)
+	case events.TypeExpiryTick:
+		if in.Pool == "" {
+			return nil
+		}
+		_, err := t.mustPool()
+		return err
+	case events.TypeReplenish:
+		p, err := t.mustPool()
+		if err != nil {
+			return err
+		}
+		force[p.ID] = true
+		t.refill(p, true)
+		t.reissue(p)
+		return nil
+	case events.TypeGenerated:
+		return t.generated()
+	}
+	p, err := t.mustPool()
+	if err != nil {
+		return err
+	}
+	k, err := t.mustKP(p)
+	if err != nil {
+		return err
+	}
+	switch in.Type {
+	case events.TypeUploadAck:
+		return t.check(k, fsm.UploadAck, t.makeAvailable(p, k))
+	case events.TypeUploadRejected:
+		return t.rejected(p, k)
+	case events.TypeClaimed:
+		return t.claimed(p, k)
+	case events.TypeConsumed:
+		return t.consumed(p, k)
+	}
+	return reject(in, CodeInvalidInput, "", fmt.Sprintf("event type %q is not an input of the core", in.Type), nil)
+}
+
+func (t *txn) mustPool() (*Pool, error) {
+	p, ok, err := t.pool(t.in.Pool)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, reject(t.in, CodeUnknownPool, t.in.Ref, fmt.Sprintf("no pool %q is registered (event %s)", t.in.Pool, t.in.Type), nil)
+	}
+	return p, nil
+}
+
+func (t *txn) mustKP(p *Pool) (*KeyPackage, error) {
+	in := t.in
+	k, ok, err := t.kp(in.Ref)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, reject(in, CodeUnknownRef, in.Ref, fmt.Sprintf("no KeyPackage %s in pool %s (never generated here, or its tombstone was purged); event %s", in.Ref, p.ID, in.Type), nil)
+	}
+	if k.Pool != p.ID {
+		return nil, reject(in, CodeWrongPool, in.Ref, fmt.Sprintf("KeyPackage %s belongs to pool %s, not %s; event %s", k.Ref, k.Pool, p.ID, in.Type), nil)
+	}
+	return k, nil
+}
+
+// check turns an fsm refusal into a RejectError naming pool, ref, state and event.
+func (t *txn) check(k *KeyPackage, ev fsm.Event, err error) error {
+	var te *fsm.TransitionError
+	if errors.As(err, &te) {
+		return reject(t.in, CodeInvalidTransition, k.Ref, te.Error()+" (pool "+k.Pool+")", te)
+	}
+	return err
+}
+
+func (t *txn) rejected(p *Pool, k *KeyPackage) error {
+	in := t.in
+	if !fsm.Can(k.State, fsm.UploadRejected, kindOf(k)) {
+		return t.check(k, fsm.UploadRejected, &fsm.TransitionError{Ref: k.Ref, State: k.State, Event: fsm.UploadRejected, Kind: kindOf(k)})
+	}
+	if in.Retry && k.Attempt < p.Config.MaxUploadAttempts {
+		t.upload(p, k, k.Attempt+1)
+		return nil
+	}
+	kind, detail := events.AlertUploadRejected, fmt.Sprintf("KeyPackage %s rejected by the delivery service: %s", k.Ref, in.Reason)
+	if in.Retry {
+		kind, detail = events.AlertUploadFailed, fmt.Sprintf("KeyPackage %s rejected after %d attempts: %s", k.Ref, k.Attempt, in.Reason)
+	}
+	if err := t.fire(p, k, fsm.UploadRejected, "rejected: "+in.Reason); err != nil {
+		return t.check(k, fsm.UploadRejected, err)
+	}
+	t.alert(p.ID, kind, detail)
+	return nil
+}
+
+func (t *txn) claimed(p *Pool, k *KeyPackage) error {
+	freshBefore := p.Fresh
+	if err := t.fire(p, k, fsm.Claim, ""); err != nil {
+		return t.check(k, fsm.Claim, err)
+	}
+	t.countClaim(p, freshBefore)
+	if k.LastResort {
+		t.useLastResort(p, k, "claimed")
+		return nil
+	}
+	k.Deadline = k.ExpiresAt // a held one is past it: settle expires it now
+	return t.settle(p, k)
+}
+
+func (t *txn) consumed(p *Pool, k *KeyPackage) error {
+	if err := t.fire(p, k, fsm.Consume, "consumed by its owner"); err != nil {
+		return t.check(k, fsm.Consume, err)
+	}
+	if k.LastResort && k.State == fsm.Available {
+		t.useLastResort(p, k, "consumed")
+	}
+	return nil
+}
+
+// useLastResort marks a reused last resort; the first use raises the alert and (through
+// refill) requests a replacement.
+func (t *txn) useLastResort(p *Pool, k *KeyPackage, how string) {
+	if k.Used {
+		return
+	}
+	k.Used = true
+	if p.LastResort == k.Ref {
+		p.LastResortUsed = true
+	}
+	t.alert(p.ID, events.AlertLastResortUsed, fmt.Sprintf("last-resort KeyPackage %s was %s; rotating it", k.Ref, how))
+}
+
+func (t *txn) generated() error {
+	in := t.in
+	g := in.Generated
+	p, err := t.mustPool()
+	if err != nil {
+		return err
+	}
+	if old, ok, err := t.kp(g.Ref); err != nil {
+		return err
+	} else if ok {
+		return reject(in, CodeConflict, g.Ref, fmt.Sprintf("KeyPackage %s already exists in pool %s (state %s)", g.Ref, old.Pool, old.State), nil)
+	}
+	cfg := p.Config
+	if life := time.Duration(g.NotAfter-g.NotBefore) * time.Second; life > cfg.MaxLifetime {
+		return reject(in, CodeInvalidInput, g.Ref, fmt.Sprintf("lifetime %s exceeds max_lifetime %s of pool %s", life, cfg.MaxLifetime, p.ID), nil)
+	}
+	notAfter := time.Unix(g.NotAfter, 0).UTC()
+	expires := notAfter.Add(-cfg.ExpiryMargin)
+	if !expires.After(t.now) {
+		return reject(in, CodeInvalidInput, g.Ref, fmt.Sprintf("not_after %s − expiry_margin %s is not after now %s: it could never be offered", notAfter.Format(time.RFC3339), cfg.ExpiryMargin, t.now.Format(time.RFC3339)), nil)
+	}
+	requested := p.Requested
+	lrRequested := p.LastResortRequested
+	if g.LastResort {
+		if p.LastResortPending != "" {
+			return reject(in, CodeConflict, g.Ref, fmt.Sprintf("pool %s already has last resort %s awaiting upload", p.ID, p.LastResortPending), nil)
+		}
+		lrRequested = false
+	} else {
+		requested = max(requested-1, 0)
+	}
+	if n := live(p.Counts) + 1 + requested + b2i(lrRequested); n > cfg.HardCap {
+		return reject(in, CodeOverCap, g.Ref, fmt.Sprintf("pool %s would hold %d KeyPackages (live + requested), over hard_cap %d", p.ID, n, cfg.HardCap), nil)
+	}
+	p.Requested, p.LastResortRequested = requested, lrRequested
+	k := &KeyPackage{
+		Ref: g.Ref, Pool: p.ID, State: fsm.Created, KeyPackage: g.KeyPackage,
+		NotBefore: g.NotBefore, NotAfter: g.NotAfter, LastResort: g.LastResort,
+		CreatedAt: t.now, ExpiresAt: expires, FreshUntil: notAfter.Add(-2 * cfg.ExpiryMargin),
+	}
+	w := bucketWidth(cfg)
+	k.Bucket = expires.Unix() / w * w
+	if p.Expiries == nil {
+		p.Expiries = map[int64]int{}
+	}
+	p.Expiries[k.Bucket]++
+	for _, c := range t.countsFor(p, k) {
+		c.Created++
+	}
+	if g.LastResort {
+		p.LastResortPending = k.Ref
+	}
+	t.addKP(k)
+	t.transition(k, "", fsm.Created, string(events.TypeGenerated))
+	t.upload(p, k, 1)
+	return nil
+}
+
+func (c *Core) register(t *txn, force map[string]bool) error {
+	in := t.in
+	reg := in.Register
+	cfg := c.Effective(reg.Policy)
+	if err := cfg.Validate(); err != nil {
+		return reject(in, CodeInvalidConfig, "", fmt.Sprintf("pool %s: %v", in.Pool, err), err)
+	}
+	p, ok, err := t.pool(in.Pool)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		p = &Pool{ID: in.Pool, Identity: reg.Identity, CipherSuite: reg.CipherSuite,
+			SignatureKey: reg.SignatureKey, Policy: reg.Policy, Config: cfg, CreatedAt: t.now}
+		t.addPool(p)
+		force[p.ID] = true
+		return nil
+	}
+	if p.Identity != reg.Identity || p.CipherSuite != reg.CipherSuite || !bytes.Equal(p.SignatureKey, reg.SignatureKey) {
+		return reject(in, CodeConflict, "", fmt.Sprintf("pool %s is registered for identity %q, cipher suite %d and another signature key; a pool's identity, suite and key cannot change", p.ID, p.Identity, p.CipherSuite), nil)
+	}
+	if n := live(p.Counts); cfg.HardCap < n {
+		return reject(in, CodeInvalidConfig, "", fmt.Sprintf("pool %s: hard_cap %d is below the %d KeyPackages the pool holds", p.ID, cfg.HardCap, n), nil)
+	}
+	p.Policy, p.Config = reg.Policy, cfg
+	// cancel requests that no longer fit; late `generated` inputs for them are refused
+	p.Requested = max(0, min(p.Requested, cfg.HardCap-live(p.Counts)-b2i(p.LastResortRequested)))
+	return nil
 }

@@ -26,6 +26,12 @@ type KeyPackage struct {
 	CreatedAt  time.Time `json:"created_at"`
 	UpdatedAt  time.Time `json:"updated_at"`
 	Reason     string    `json:"reason,omitempty"` // why it was deleted or expired
+
+	// Fixed at generation so a later policy change does not move existing timers.
+	ExpiresAt  time.Time `json:"expires_at"`     // not_after − expiry_margin: no longer offered
+	FreshUntil time.Time `json:"fresh_until"`    // not_after − 2×expiry_margin: stops counting toward the watermark
+	Bucket     int64     `json:"bucket"`         // key in Pool.Expiries while live
+	Held       bool      `json:"held,omitempty"` // kept available past ExpiresAt as the pool's last one
 }
 
 // Pool is the stored record of one pool: identity, policy, counters and status sequence.
@@ -42,6 +48,29 @@ type Pool struct {
 	LastResort     string            `json:"last_resort,omitempty"` // ref of the current last-resort KeyPackage
 	LastResortUsed bool              `json:"last_resort_used,omitempty"`
 	Extra          map[string]string `json:"extra,omitempty"` // reserved; keep the record forward compatible
+
+	// Subset of Counts for last-resort KeyPackages (they are outside the watermark).
+	LastResortCounts events.Counts `json:"last_resort_counts"`
+	// Ref of a replacement last resort that is generated but not yet acknowledged.
+	LastResortPending string `json:"last_resort_pending,omitempty"`
+	// The current last resort passed its fresh time: a replacement is due.
+	LastResortStale bool `json:"last_resort_stale,omitempty"`
+	// A last-resort generate request is outstanding.
+	LastResortRequested bool `json:"last_resort_requested,omitempty"`
+	// Regular KeyPackages asked of the edge and not yet fed back as `generated`.
+	Requested int `json:"requested"`
+	// Ref of the regular KeyPackage held past its margin as the pool's last available.
+	Held string `json:"held,omitempty"`
+	// Tombstones currently stored (Counts.Deleted is cumulative).
+	Tombstones int `json:"tombstones"`
+	// Live KeyPackages per expiry bucket (unix seconds of the bucket start): gives the
+	// next expiry without scanning the pool.
+	Expiries map[int64]int `json:"expiries,omitempty"`
+	// Claim-storm window: claims since ClaimWindowStart (window = upload_timeout).
+	ClaimWindowStart time.Time `json:"claim_window_start"`
+	ClaimWindowCount int       `json:"claim_window_count"`
+	ClaimStormRaised bool      `json:"claim_storm_raised,omitempty"`
+	CreatedAt        time.Time `json:"created_at"`
 }
 
 // Config is a pool's effective policy.

@@ -1,0 +1,122 @@
+package pool
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/kpool/kpool/events"
+)
+
+// Limits that keep a single pool's work bounded.
+const (
+	MaxTarget  = 100_000
+	MaxHardCap = 1_000_000
+)
+
+// override returns base with every non-zero field of o applied.
+func (base Config) override(o Config) Config {
+	setInt(&base.Target, o.Target)
+	setInt(&base.LowWatermark, o.LowWatermark)
+	setInt(&base.HardCap, o.HardCap)
+	setDur(&base.Lifetime, o.Lifetime)
+	setDur(&base.NotBeforeBackdate, o.NotBeforeBackdate)
+	setDur(&base.MaxLifetime, o.MaxLifetime)
+	setDur(&base.ExpiryMargin, o.ExpiryMargin)
+	setDur(&base.DeleteGrace, o.DeleteGrace)
+	setDur(&base.UploadTimeout, o.UploadTimeout)
+	setInt(&base.MaxUploadAttempts, o.MaxUploadAttempts)
+	setDur(&base.TombstoneRetention, o.TombstoneRetention)
+	return base
+}
+
+// FromPolicy converts a pool's registered overrides to a Config (zero = keep default).
+func FromPolicy(p events.Policy) Config {
+	return Config{
+		Target:             p.Target,
+		LowWatermark:       p.LowWatermark,
+		HardCap:            p.HardCap,
+		Lifetime:           time.Duration(p.Lifetime),
+		NotBeforeBackdate:  time.Duration(p.NotBeforeBackdate),
+		MaxLifetime:        time.Duration(p.MaxLifetime),
+		ExpiryMargin:       time.Duration(p.ExpiryMargin),
+		DeleteGrace:        time.Duration(p.DeleteGrace),
+		UploadTimeout:      time.Duration(p.UploadTimeout),
+		MaxUploadAttempts:  p.MaxUploadAttempts,
+		TombstoneRetention: time.Duration(p.TombstoneRetention),
+	}
+}
+
+// Effective is the configuration a pool registered with policy gets on this core:
+// DefaultConfig, then the worker's Defaults, then the pool's policy.
+func (c *Core) Effective(policy events.Policy) Config {
+	return DefaultConfig().override(c.Defaults).override(FromPolicy(policy))
+}
+
+func setInt(dst *int, v int) {
+	if v != 0 {
+		*dst = v
+	}
+}
+
+func setDur(dst *time.Duration, v time.Duration) {
+	if v != 0 {
+		*dst = v
+	}
+}
+
+// Validate lists every problem with a configuration, or returns nil.
+func (c Config) Validate() error {
+	var bad []string
+	add := func(format string, a ...any) { bad = append(bad, fmt.Sprintf(format, a...)) }
+	if c.Target < 1 || c.Target > MaxTarget {
+		add("target %d must be between 1 and %d", c.Target, MaxTarget)
+	}
+	if c.LowWatermark < 0 || c.LowWatermark > c.Target {
+		add("low_watermark %d must be between 0 and target %d", c.LowWatermark, c.Target)
+	}
+	if c.HardCap < c.Target || c.HardCap > MaxHardCap {
+		add("hard_cap %d must be at least target %d and at most %d", c.HardCap, c.Target, MaxHardCap)
+	}
+	if c.Lifetime <= 0 {
+		add("lifetime %s must be positive", c.Lifetime)
+	}
+	if c.NotBeforeBackdate < 0 {
+		add("not_before_backdate %s must not be negative", c.NotBeforeBackdate)
+	}
+	if c.MaxLifetime < c.Lifetime+c.NotBeforeBackdate {
+		add("max_lifetime %s is shorter than lifetime %s + not_before_backdate %s: generated KeyPackages would be refused", c.MaxLifetime, c.Lifetime, c.NotBeforeBackdate)
+	}
+	if c.ExpiryMargin < 0 || 2*c.ExpiryMargin >= c.Lifetime {
+		add("expiry_margin %s must be at least 0 and less than half the lifetime %s (a KeyPackage must be fresh for a while)", c.ExpiryMargin, c.Lifetime)
+	}
+	if c.DeleteGrace < 0 {
+		add("delete_grace %s must not be negative", c.DeleteGrace)
+	}
+	if c.UploadTimeout <= 0 {
+		add("upload_timeout %s must be positive", c.UploadTimeout)
+	} else if c.Lifetime > 0 && c.UploadTimeout >= c.Lifetime-2*c.ExpiryMargin {
+		add("upload_timeout %s must be shorter than lifetime − 2×expiry_margin (%s)", c.UploadTimeout, c.Lifetime-2*c.ExpiryMargin)
+	}
+	if c.MaxUploadAttempts < 1 {
+		add("max_upload_attempts %d must be at least 1", c.MaxUploadAttempts)
+	}
+	if c.TombstoneRetention < 0 {
+		add("tombstone_retention %s must not be negative", c.TombstoneRetention)
+	}
+	if bad == nil {
+		return nil
+	}
+	return &ConfigError{Problems: bad}
+}
+
+// ConfigError lists what is wrong with a pool configuration.
+type ConfigError struct{ Problems []string }
+
+func (e *ConfigError) Error() string { return "invalid pool config: " + strings.Join(e.Problems, "; ") }
+
+// bucketWidth is the precision of Status.NextExpiry: expiry_margin/16, at least a minute.
+func bucketWidth(c Config) int64 {
+	w := int64((c.ExpiryMargin / 16) / time.Second)
+	return max(w, 60)
+}

@@ -1,0 +1,140 @@
+package pool
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/kpool/kpool/events"
+)
+
+func live(c events.Counts) int { return c.Created + c.Available + c.Claimed }
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// reserved is what the hard cap counts: live KeyPackages plus outstanding requests.
+func reserved(p *Pool) int { return live(p.Counts) + p.Requested + b2i(p.LastResortRequested) }
+
+// regularAvailable excludes the last resort, which is offered only when nothing else is.
+func regularAvailable(p *Pool) int { return p.Counts.Available - p.LastResortCounts.Available }
+
+func needLastResort(p *Pool) bool {
+	return (p.LastResort == "" || p.LastResortUsed || p.LastResortStale) &&
+		p.LastResortPending == "" && !p.LastResortRequested
+}
+
+// refill asks for KeyPackages when the fresh count is below the low watermark (or when
+// forced: registration and replenish), up to target and never past the hard cap.
+func (t *txn) refill(p *Pool, force bool) {
+	cfg := p.Config
+	if needLastResort(p) && reserved(p) < cfg.HardCap {
+		p.LastResortRequested = true
+		t.generate = append(t.generate, GenerateRequest{Pool: p.ID, Count: 1, LastResort: true})
+	}
+	if p.Fresh >= cfg.LowWatermark && !force {
+		return
+	}
+	inflight := p.Counts.Created - p.LastResortCounts.Created + p.Requested
+	n := min(cfg.Target-p.Fresh-inflight, cfg.HardCap-reserved(p))
+	if n > 0 {
+		p.Requested += n
+		t.generate = append(t.generate, GenerateRequest{Pool: p.ID, Count: n})
+	}
+}
+
+// reissue re-emits every outstanding request (after a crash the edge may have lost
+// them; extra `generated` inputs beyond the cap are refused, so this cannot overfill).
+func (t *txn) reissue(p *Pool) {
+	t.generate = slices.DeleteFunc(t.generate, func(g GenerateRequest) bool { return g.Pool == p.ID })
+	if p.LastResortRequested {
+		t.generate = append(t.generate, GenerateRequest{Pool: p.ID, Count: 1, LastResort: true})
+	}
+	if p.Requested > 0 {
+		t.generate = append(t.generate, GenerateRequest{Pool: p.ID, Count: p.Requested})
+	}
+}
+
+// countClaim tracks claims per upload_timeout window and raises one claim_storm alert
+// per window when the claims in it reach what was fresh: at that rate the pool empties
+// before a refill (which takes about one upload_timeout) can land.
+func (t *txn) countClaim(p *Pool, freshBefore int) {
+	if p.ClaimWindowStart.IsZero() || !t.now.Before(p.ClaimWindowStart.Add(p.Config.UploadTimeout)) {
+		p.ClaimWindowStart, p.ClaimWindowCount, p.ClaimStormRaised = t.now, 0, false
+	}
+	p.ClaimWindowCount++
+	if p.ClaimWindowCount >= freshBefore && !p.ClaimStormRaised {
+		p.ClaimStormRaised = true
+		t.alert(p.ID, events.AlertClaimStorm, fmt.Sprintf("%d claims within %s with %d fresh KeyPackages: the pool may empty before a refill lands", p.ClaimWindowCount, p.Config.UploadTimeout, freshBefore))
+	}
+}
+
+func health(p *Pool) string {
+	switch {
+	case regularAvailable(p) == 0:
+		return events.HealthDepleted
+	case p.Fresh < p.Config.LowWatermark:
+		return events.HealthLow
+	}
+	return events.HealthHealthy
+}
+
+// nextExpiry is the start of the earliest bucket holding a live KeyPackage's
+// not_after − expiry_margin (precision: bucketWidth), nil when nothing is live.
+func nextExpiry(p *Pool) *time.Time {
+	if len(p.Expiries) == 0 {
+		return nil
+	}
+	at := time.Unix(slices.Min(slices.Collect(maps.Keys(p.Expiries))), 0).UTC()
+	return &at
+}
+
+// status is the pool's published status at seq 0 and zero time (compared for changes).
+func (t *txn) status(p *Pool) events.Status {
+	return events.Status{
+		Pool: p.ID, Identity: p.Identity, CipherSuite: p.CipherSuite,
+		Health: health(p), Counts: p.Counts, AvailableFresh: p.Fresh,
+		Target: p.Config.Target, LowWatermark: p.Config.LowWatermark, HardCap: p.Config.HardCap,
+		LastResortRef: p.LastResort, LastResortUsed: p.LastResortUsed, NextExpiry: nextExpiry(p),
+	}
+}
+
+func sameStatus(a, b events.Status) bool {
+	na, nb := a.NextExpiry, b.NextExpiry
+	a.NextExpiry, b.NextExpiry = nil, nil
+	if a != b || (na == nil) != (nb == nil) {
+		return false
+	}
+	return na == nil || na.Equal(*nb)
+}
+
+// finish runs the policy on every pool this Step touched: refill, alerts, status.
+func (t *txn) finish(force map[string]bool) {
+	for _, id := range slices.Sorted(maps.Keys(t.pools)) {
+		p := t.pools[id]
+		t.refill(p, force[id])
+		st := t.status(p)
+		before := t.before[id]
+		if before != nil && sameStatus(*before, st) {
+			continue
+		}
+		if before != nil && before.Health != st.Health {
+			switch st.Health {
+			case events.HealthDepleted:
+				t.alert(id, events.AlertDepleted, fmt.Sprintf("no available KeyPackage left (last resort %q only)", p.LastResort))
+			case events.HealthLow:
+				if before.Health == events.HealthHealthy {
+					t.alert(id, events.AlertLow, fmt.Sprintf("%d fresh KeyPackages, below low_watermark %d", p.Fresh, p.Config.LowWatermark))
+				}
+			}
+		}
+		p.StatusSeq++
+		st.Seq, st.Time = p.StatusSeq, t.now
+		t.emit(events.KindStatus, id, st)
+	}
+}
