@@ -1,0 +1,342 @@
+package persistence
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/pool"
+)
+
+// The crash test runs the commit loop in a child process (this test binary re-executed
+// with crashChildEnv set), kills it with SIGKILL at many points, restarts it with the
+// inputs not yet confirmed (as a broker redelivers unacked messages), and finally checks
+// the database. The child prints one line per confirmed input after Submit returned.
+
+const (
+	crashChildEnv = "KPOOL_PERSISTENCE_CRASH_CHILD"
+	crashInputs   = 3000
+	crashKills    = 120
+	crashPools    = 16
+	crashWorkers  = 8
+)
+
+// crashStream is input i of a deterministic stream: pools registered first, then
+// KeyPackages generated, acknowledged 20 inputs later (every 7th never, so it expires),
+// every 3rd consumed 40 inputs later (its bundle revealed), and a tick every 50.
+func crashStream() []Input {
+	var out []Input
+	at := func() time.Time { return t0.Add(time.Duration(len(out)) * 10 * time.Second) }
+	pl := func(j int) string { return fmt.Sprintf("pool-%02d", j%crashPools) }
+	for p := range crashPools {
+		in := regInput(fmt.Sprintf("reg-%d", p), pl(p))
+		in.Event.Time = at()
+		out = append(out, in)
+	}
+	for j := 0; len(out) < crashInputs; j++ {
+		out = append(out, genInput(fmt.Sprintf("gen-%d", j), pl(j), refOf(j), at()))
+		if k := j - 20; k >= 0 && k%7 != 0 {
+			out = append(out, Input{Event: evRef(fmt.Sprintf("ack-%d", k), events.TypeUploadAck, pl(k), refOf(k), at())})
+		}
+		if k := j - 40; k >= 0 && k%7 != 0 && k%3 == 0 {
+			out = append(out, Input{Event: evRef(fmt.Sprintf("take-%d", k), events.TypeConsumed, pl(k), refOf(k), at()), Reveal: refOf(k)})
+		}
+		if j%50 == 0 {
+			out = append(out, Input{Event: evTick(fmt.Sprintf("tick-%d", j), at())})
+		}
+	}
+	return out[:crashInputs]
+}
+
+func TestCrashChild(t *testing.T) {
+	dir := os.Getenv(crashChildEnv)
+	if dir == "" {
+		t.Skip("helper process for TestCrashRecovery")
+	}
+	os.Exit(crashChild(dir))
+}
+
+func crashChild(dir string) int {
+	say := func(f string, a ...any) { fmt.Fprintf(os.Stdout, f+"\n", a...) }
+	s, err := Open(filepath.Join(dir, "kpool.db"), Options{KeyFile: filepath.Join(dir, "kpool.key"), Timeout: 10 * time.Second})
+	if err != nil {
+		say("fatal open: %v", err)
+		return 1
+	}
+	for _, p := range storeProblems(s) {
+		say("bad %s", p)
+	}
+	c := NewCommitter(s, fakeStep)
+	// Start-up: publish what the previous run left in the outbox, same ids.
+	publish := func() int {
+		var ids []string
+		s.Outbox(func(o events.Outbound) error { ids = append(ids, o.ID); return nil })
+		for _, id := range ids {
+			say("pub %s", id)
+		}
+		c.Ack(ids...)
+		return len(ids)
+	}
+	say("ready %d", publish())
+
+	data, err := os.ReadFile(filepath.Join(dir, "pending"))
+	if err != nil {
+		say("fatal pending: %v", err)
+		return 1
+	}
+	stream := crashStream()
+	todo := make(chan int)
+	go func() {
+		for _, f := range strings.Fields(string(data)) {
+			i, _ := strconv.Atoi(f)
+			todo <- i
+		}
+		close(todo)
+	}()
+	kick := make(chan struct{}, 1)
+	pubDone := make(chan struct{})
+	go func() { // the relay: publish after commits, ack in the next batch
+		defer close(pubDone)
+		for range kick {
+			publish()
+		}
+	}()
+	var wg sync.WaitGroup
+	for range crashWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range todo {
+				res, err := c.Submit(context.Background(), stream[i])
+				switch {
+				case err != nil:
+					say("err %d %v", i, err)
+				case res.Err != nil:
+					var rej *pool.RejectError
+					code := "other"
+					if errors.As(res.Err, &rej) {
+						code = rej.Code
+					}
+					say("rej %d %s", i, code)
+				default:
+					say("ok %d %d %t", i, res.Ready.Seq, res.Ready.Duplicate)
+				}
+				select {
+				case kick <- struct{}{}:
+				default:
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(kick)
+	<-pubDone
+	publish()
+	c.Close() // flushes the acks
+	n := 0
+	s.Outbox(func(events.Outbound) error { n++; return nil })
+	if err := s.Close(); err != nil {
+		say("fatal close: %v", err)
+		return 1
+	}
+	say("done %d", n)
+	return 0
+}
+
+type crashState struct {
+	status    map[int]string // input index → "ok" or a rejection code
+	seqOf     map[int]uint64
+	published map[string]bool
+	resends   int
+	dups      int
+	restarts  int
+}
+
+func TestCrashRecovery(t *testing.T) {
+	if testing.Short() {
+		t.Skip("crash test: a few hundred child processes")
+	}
+	if os.Getenv(crashChildEnv) != "" {
+		t.Skip("in the child")
+	}
+	dir := t.TempDir()
+	stream := crashStream()
+	st := &crashState{status: map[int]string{}, seqOf: map[int]uint64{}, published: map[string]bool{}}
+	rng := rand.New(rand.NewPCG(1, 2))
+	kills := 0
+	for kills < crashKills {
+		if len(st.status) == len(stream) {
+			t.Fatalf("stream finished after %d kills; want %d: lower the kill offsets", kills, crashKills)
+		}
+		// Kill after 0..30 confirmed inputs: 0 lands during start-up and re-send.
+		after := rng.IntN(31)
+		if crashRun(t, dir, st, after) {
+			t.Fatal("child finished before its kill point")
+		}
+		kills++
+	}
+	for len(st.status) < len(stream) {
+		if !crashRun(t, dir, st, -1) {
+			t.Fatal("final run did not finish")
+		}
+	}
+	crashRun(t, dir, st, -1) // nothing pending: drains the outbox once more
+	t.Logf("%d kills, %d restarts, %d messages re-sent at start-up, %d inputs committed but unconfirmed when killed",
+		kills, st.restarts, st.resends, st.dups)
+	if st.dups == 0 {
+		t.Error("no kill landed between a commit and its confirmation: redelivery dedup was not exercised")
+	}
+	if st.resends == 0 {
+		t.Error("no restart found messages to re-send: the outbox path was not exercised")
+	}
+
+	s, err := Open(filepath.Join(dir, "kpool.db"), Options{KeyFile: filepath.Join(dir, "kpool.key")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, p := range storeProblems(s) {
+		t.Error(p)
+	}
+	journal := map[string]uint64{}
+	s.Journal(0, 0, func(seq uint64, ev events.Event) error { journal[ev.ID] = seq; return nil })
+	accepted := 0
+	for i, in := range stream {
+		seq, in_ := journal[in.Event.ID]
+		switch st.status[i] {
+		case "ok":
+			accepted++
+			if !in_ {
+				t.Errorf("input %d (%s) confirmed but not in the journal", i, in.Event.ID)
+			} else if want := st.seqOf[i]; want != 0 && want != seq {
+				t.Errorf("input %d confirmed at seq %d, journal has %d", i, want, seq)
+			}
+		default:
+			if in_ {
+				t.Errorf("input %d (%s) rejected (%s) but journaled", i, in.Event.ID, st.status[i])
+			}
+		}
+	}
+	if accepted < len(stream)*9/10 {
+		t.Errorf("only %d of %d inputs accepted: the stream does not exercise the store", accepted, len(stream))
+	}
+	// Every message an accepted input produced was published at least once.
+	pools, _ := s.Pools()
+	missing := 0
+	for _, p := range pools {
+		for n := uint64(1); n <= p.StatusSeq; n++ {
+			if !st.published[fmt.Sprintf("status-%s-%d", p.ID, n)] {
+				missing++
+			}
+		}
+	}
+	for _, in := range stream {
+		if g := in.Event.Generated; g != nil && journal[in.Event.ID] != 0 && !st.published["upload-"+g.Ref] {
+			missing++
+		}
+	}
+	if missing > 0 {
+		t.Errorf("%d outbox messages never published", missing)
+	}
+	var left int
+	s.Outbox(func(events.Outbound) error { left++; return nil })
+	if left != 0 {
+		t.Errorf("%d outbox entries left after the final run acked everything", left)
+	}
+}
+
+// crashRun starts a child with the unconfirmed inputs, SIGKILLs it after `after`
+// confirmations (never when after < 0), and records what it confirmed. It reports
+// whether the child finished by itself.
+func crashRun(t *testing.T, dir string, st *crashState, after int) bool {
+	t.Helper()
+	var pending []string
+	for i := range crashInputs {
+		if _, done := st.status[i]; !done {
+			pending = append(pending, strconv.Itoa(i))
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "pending"), []byte(strings.Join(pending, " ")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), crashChildEnv+"="+dir)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	st.restarts++
+	r := bufio.NewReader(out)
+	confirmed, finished, killed := 0, false, false
+	kill := func() {
+		if !killed {
+			cmd.Process.Signal(syscall.SIGKILL)
+			killed = true
+		}
+	}
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			break // EOF; a partial last line was cut by the kill
+		}
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		switch f[0] {
+		case "ready":
+			n, _ := strconv.Atoi(f[1])
+			st.resends += n
+			if after == 0 {
+				kill()
+			}
+		case "pub":
+			st.published[f[1]] = true
+		case "ok", "rej":
+			i, _ := strconv.Atoi(f[1])
+			// A line printed before the kill landed still confirms its input.
+			if f[0] == "ok" {
+				st.status[i] = "ok"
+				if seq, _ := strconv.ParseUint(f[2], 10, 64); f[3] == "false" {
+					st.seqOf[i] = seq
+				} else {
+					st.dups++ // committed by a killed run that never confirmed it
+				}
+			} else {
+				st.status[i] = f[2]
+			}
+			confirmed++
+			if after > 0 && confirmed >= after {
+				kill()
+			}
+		case "done":
+			finished = true
+			if n, _ := strconv.Atoi(f[1]); n != 0 {
+				t.Errorf("child exited with %d outbox entries after acking all", n)
+			}
+		case "bad", "fatal", "err":
+			t.Errorf("child: %s", strings.TrimSpace(line))
+		}
+	}
+	werr := cmd.Wait()
+	if !killed && werr != nil {
+		t.Fatalf("child failed: %v", werr)
+	}
+	return finished
+}
