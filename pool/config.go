@@ -79,30 +79,30 @@ func (c Config) Validate() error {
 		add("hard_cap %d must be at least target %d and at most %d", c.HardCap, c.Target, MaxHardCap)
 	}
 	if c.Lifetime <= 0 {
-		add("lifetime %s must be positive", c.Lifetime)
+		add("lifetime %s must be positive", human(c.Lifetime))
 	}
 	if c.NotBeforeBackdate < 0 {
-		add("not_before_backdate %s must not be negative", c.NotBeforeBackdate)
+		add("not_before_backdate %s must not be negative", human(c.NotBeforeBackdate))
 	}
 	if c.MaxLifetime < c.Lifetime+c.NotBeforeBackdate {
-		add("max_lifetime %s is shorter than lifetime %s + not_before_backdate %s: generated KeyPackages would be refused", c.MaxLifetime, c.Lifetime, c.NotBeforeBackdate)
+		add("max_lifetime %s is shorter than lifetime %s + not_before_backdate %s: generated KeyPackages would be refused", human(c.MaxLifetime), human(c.Lifetime), human(c.NotBeforeBackdate))
 	}
 	if c.ExpiryMargin < 0 || 2*c.ExpiryMargin >= c.Lifetime {
-		add("expiry_margin %s must be at least 0 and less than half the lifetime %s (a KeyPackage must be fresh for a while)", c.ExpiryMargin, c.Lifetime)
+		add("expiry_margin %s must be at least 0 and less than half the lifetime %s (a KeyPackage must be fresh for a while)", human(c.ExpiryMargin), human(c.Lifetime))
 	}
 	if c.DeleteGrace < 0 {
-		add("delete_grace %s must not be negative", c.DeleteGrace)
+		add("delete_grace %s must not be negative", human(c.DeleteGrace))
 	}
 	if c.UploadTimeout <= 0 {
-		add("upload_timeout %s must be positive", c.UploadTimeout)
-	} else if c.Lifetime > 0 && c.UploadTimeout >= c.Lifetime-2*c.ExpiryMargin {
-		add("upload_timeout %s must be shorter than lifetime − 2×expiry_margin (%s)", c.UploadTimeout, c.Lifetime-2*c.ExpiryMargin)
+		add("upload_timeout %s must be positive", human(c.UploadTimeout))
+	} else if c.Lifetime > 0 && c.ExpiryMargin >= 0 && 2*c.ExpiryMargin < c.Lifetime && c.UploadTimeout >= c.Lifetime-2*c.ExpiryMargin {
+		add("upload_timeout %s must be shorter than lifetime − 2×expiry_margin (%s)", human(c.UploadTimeout), human(c.Lifetime-2*c.ExpiryMargin))
 	}
 	if c.MaxUploadAttempts < 1 {
 		add("max_upload_attempts %d must be at least 1", c.MaxUploadAttempts)
 	}
 	if c.TombstoneRetention < 0 {
-		add("tombstone_retention %s must not be negative", c.TombstoneRetention)
+		add("tombstone_retention %s must not be negative", human(c.TombstoneRetention))
 	}
 	if bad == nil {
 		return nil

@@ -255,12 +255,12 @@ func (t *txn) generated() error {
 	}
 	cfg := p.Config
 	if life := time.Duration(g.NotAfter-g.NotBefore) * time.Second; life > cfg.MaxLifetime {
-		return reject(in, CodeInvalidInput, g.Ref, fmt.Sprintf("lifetime %s exceeds max_lifetime %s of pool %s", life, cfg.MaxLifetime, p.ID), nil)
+		return reject(in, CodeInvalidInput, g.Ref, fmt.Sprintf("lifetime %s exceeds max_lifetime %s of pool %s", human(life), human(cfg.MaxLifetime), p.ID), nil)
 	}
 	notAfter := time.Unix(g.NotAfter, 0).UTC()
 	expires := notAfter.Add(-cfg.ExpiryMargin)
 	if !expires.After(t.now) {
-		return reject(in, CodeInvalidInput, g.Ref, fmt.Sprintf("not_after %s − expiry_margin %s is not after now %s: it could never be offered", notAfter.Format(time.RFC3339), cfg.ExpiryMargin, t.now.Format(time.RFC3339)), nil)
+		return reject(in, CodeInvalidInput, g.Ref, fmt.Sprintf("not_after %s − expiry_margin %s is not after now %s: it could never be offered", notAfter.Format(time.RFC3339), human(cfg.ExpiryMargin), t.now.Format(time.RFC3339)), nil)
 	}
 	requested := p.Requested
 	lrRequested := p.LastResortRequested
@@ -304,7 +304,7 @@ func (c *Core) register(t *txn, force map[string]bool) error {
 	reg := in.Register
 	cfg := c.Effective(reg.Policy)
 	if err := cfg.Validate(); err != nil {
-		return reject(in, CodeInvalidConfig, "", fmt.Sprintf("pool %s: %v", in.Pool, err), err)
+		return reject(in, CodeInvalidConfig, "", err.Error(), err)
 	}
 	p, ok, err := t.pool(in.Pool)
 	if err != nil {
@@ -317,11 +317,20 @@ func (c *Core) register(t *txn, force map[string]bool) error {
 		force[p.ID] = true
 		return nil
 	}
-	if p.Identity != reg.Identity || p.CipherSuite != reg.CipherSuite || !bytes.Equal(p.SignatureKey, reg.SignatureKey) {
-		return reject(in, CodeConflict, "", fmt.Sprintf("pool %s is registered for identity %q, cipher suite %d and another signature key; a pool's identity, suite and key cannot change", p.ID, p.Identity, p.CipherSuite), nil)
+	var diff string
+	switch {
+	case p.Identity != reg.Identity:
+		diff = fmt.Sprintf("identity %q, not %q", p.Identity, reg.Identity)
+	case p.CipherSuite != reg.CipherSuite:
+		diff = fmt.Sprintf("cipher suite %d, not %d", p.CipherSuite, reg.CipherSuite)
+	case !bytes.Equal(p.SignatureKey, reg.SignatureKey):
+		diff = "another signature key"
+	}
+	if diff != "" {
+		return reject(in, CodeConflict, "", fmt.Sprintf("pool %s is registered with %s; a pool's identity, cipher suite and signature key cannot change", p.ID, diff), nil)
 	}
 	if n := live(p.Counts); cfg.HardCap < n {
-		return reject(in, CodeInvalidConfig, "", fmt.Sprintf("pool %s: hard_cap %d is below the %d KeyPackages the pool holds", p.ID, cfg.HardCap, n), nil)
+		return reject(in, CodeInvalidConfig, "", fmt.Sprintf("hard_cap %d is below the %d KeyPackages pool %s holds", cfg.HardCap, n, p.ID), nil)
 	}
 	p.Policy, p.Config = reg.Policy, cfg
 	// cancel requests that no longer fit; late `generated` inputs for them are refused

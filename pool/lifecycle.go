@@ -130,7 +130,7 @@ func (t *txn) timer(p *Pool, k *KeyPackage) error {
 		if err := t.fire(p, k, fsm.UploadFailed, fmt.Sprintf("upload not acknowledged after %d attempts", k.Attempt)); err != nil {
 			return err
 		}
-		t.alert(p.ID, events.AlertUploadFailed, fmt.Sprintf("KeyPackage %s: upload not acknowledged after %d attempts of %s", k.Ref, k.Attempt, p.Config.UploadTimeout))
+		t.alert(p.ID, events.AlertUploadFailed, fmt.Sprintf("KeyPackage %s: upload not acknowledged after %d attempts of %s", k.Ref, k.Attempt, human(p.Config.UploadTimeout)))
 	case fsm.Available:
 		if k.Fresh && k.Deadline.Equal(k.FreshUntil) {
 			k.Fresh = false

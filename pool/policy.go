@@ -60,6 +60,30 @@ func (t *txn) reissue(p *Pool) {
 	}
 }
 
+// human writes a duration as days, hours, minutes and seconds ("7d", "1h30m", "90s").
+func human(d time.Duration) string {
+	if d == 0 {
+		return "0s"
+	}
+	s := ""
+	if d < 0 {
+		s, d = "-", -d
+	}
+	for _, u := range []struct {
+		name string
+		d    time.Duration
+	}{{"d", 24 * time.Hour}, {"h", time.Hour}, {"m", time.Minute}, {"s", time.Second}} {
+		if n := d / u.d; n > 0 {
+			s += fmt.Sprintf("%d%s", n, u.name)
+			d -= n * u.d
+		}
+	}
+	if d > 0 {
+		s += d.String()
+	}
+	return s
+}
+
 // countClaim tracks claims per upload_timeout window and raises one claim_storm alert
 // per window when the claims in it reach what was fresh: at that rate the pool empties
 // before a refill (which takes about one upload_timeout) can land.
@@ -68,9 +92,9 @@ func (t *txn) countClaim(p *Pool, freshBefore int) {
 		p.ClaimWindowStart, p.ClaimWindowCount, p.ClaimStormRaised = t.now, 0, false
 	}
 	p.ClaimWindowCount++
-	if p.ClaimWindowCount >= freshBefore && !p.ClaimStormRaised {
+	if p.ClaimWindowCount >= max(freshBefore, 2) && !p.ClaimStormRaised { // one claim is not a rate
 		p.ClaimStormRaised = true
-		t.alert(p.ID, events.AlertClaimStorm, fmt.Sprintf("%d claims within %s with %d fresh KeyPackages: the pool may empty before a refill lands", p.ClaimWindowCount, p.Config.UploadTimeout, freshBefore))
+		t.alert(p.ID, events.AlertClaimStorm, fmt.Sprintf("%d claims within %s with %d fresh KeyPackages: the pool may empty before a refill lands", p.ClaimWindowCount, human(p.Config.UploadTimeout), freshBefore))
 	}
 }
 
@@ -126,7 +150,11 @@ func (t *txn) finish(force map[string]bool) {
 		if before != nil && before.Health != st.Health {
 			switch st.Health {
 			case events.HealthDepleted:
-				t.alert(id, events.AlertDepleted, fmt.Sprintf("no available KeyPackage left (last resort %q only)", p.LastResort))
+				detail := "no available KeyPackage left and no last resort"
+				if p.LastResort != "" {
+					detail = "no available KeyPackage left; only last resort " + p.LastResort + " is offered"
+				}
+				t.alert(id, events.AlertDepleted, detail)
 			case events.HealthLow:
 				if before.Health == events.HealthHealthy {
 					t.alert(id, events.AlertLow, fmt.Sprintf("%d fresh KeyPackages, below low_watermark %d", p.Fresh, p.Config.LowWatermark))

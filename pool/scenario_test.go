@@ -222,7 +222,8 @@ func (h *harness) run(cmd string) string {
 		if !a.has("pool") {
 			in.Pool = ""
 		}
-		return fmt.Sprintf("now %s\n", rel(in.Time)) + do(in)
+		out := do(in)
+		return fmt.Sprintf("now %s\n", rel(h.store.meta.Time)) + out
 	case "advance":
 		d, _ := events.ParseDuration(fields[1])
 		h.clock = h.clock.Add(d)
