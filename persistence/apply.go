@@ -5,15 +5,8 @@ import (
 	"fmt"
 
 	"github.com/kpool/kpool/events"
-	"github.com/kpool/kpool/fsm"
 	"github.com/kpool/kpool/pool"
 )
-
-// needsKeys: a KeyPackage in these states may be handed out or taken, so its private
-// keys must be stored.
-func needsKeys(s fsm.State) bool {
-	return s == fsm.Created || s == fsm.Available || s == fsm.Claimed
-}
 
 // validate checks, before anything of this step is written, that the Ready can be
 // stored: the sequence follows the stored one and no live KeyPackage lacks its keys.
@@ -36,7 +29,7 @@ func (v *txView) validate(in Input, r pool.Ready, allowMissing bool) error {
 		erased[ref] = true
 	}
 	for _, kp := range r.KeyPackages {
-		if !needsKeys(kp.State) {
+		if !kp.State.Live() { // live ones may be handed out or taken: keys required
 			continue
 		}
 		_, given := in.Secrets[kp.Ref]

@@ -3,6 +3,7 @@ package persistence
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -35,10 +36,12 @@ const (
 
 // crashStream is input i of a deterministic stream: pools registered first, then
 // KeyPackages generated, acknowledged 20 inputs later (every 7th never, so it expires),
-// every 3rd consumed 40 inputs later (its bundle revealed), and a tick every 50.
+// every 5th claimed 30 inputs later, every 3rd consumed 40 inputs later (its bundle revealed), and a tick every 50. The
+// never-acknowledged ones time out, are re-uploaded and finally given up on.
 func crashStream() []Input {
 	var out []Input
-	at := func() time.Time { return t0.Add(time.Duration(len(out)) * 10 * time.Second) }
+	var shift time.Duration
+	at := func() time.Time { return t0.Add(shift + time.Duration(len(out))*10*time.Second) }
 	pl := func(j int) string { return fmt.Sprintf("pool-%02d", j%crashPools) }
 	for p := range crashPools {
 		in := regInput(fmt.Sprintf("reg-%d", p), pl(p))
@@ -50,11 +53,20 @@ func crashStream() []Input {
 		if k := j - 20; k >= 0 && k%7 != 0 {
 			out = append(out, Input{Event: evRef(fmt.Sprintf("ack-%d", k), events.TypeUploadAck, pl(k), refOf(k), at())})
 		}
+		if k := j - 30; k >= 0 && k%7 != 0 && k%5 == 0 {
+			out = append(out, Input{Event: evRef(fmt.Sprintf("claim-%d", k), events.TypeClaimed, pl(k), refOf(k), at())})
+		}
 		if k := j - 40; k >= 0 && k%7 != 0 && k%3 == 0 {
 			out = append(out, Input{Event: evRef(fmt.Sprintf("take-%d", k), events.TypeConsumed, pl(k), refOf(k), at()), Reveal: refOf(k)})
 		}
 		if j%50 == 0 {
 			out = append(out, Input{Event: evTick(fmt.Sprintf("tick-%d", j), at())})
+		}
+		// Jumps in time: the first expires what exists, the second deletes the expired
+		// ones (past not_after + grace) and purges the tombstones of the takes.
+		if j == 450 || j == 900 {
+			shift += map[int]time.Duration{450: 78 * 24 * time.Hour, 900: 40 * 24 * time.Hour}[j]
+			out = append(out, Input{Event: evTick(fmt.Sprintf("jump-%d", j), at())})
 		}
 	}
 	return out[:crashInputs]
@@ -78,7 +90,7 @@ func crashChild(dir string) int {
 	for _, p := range storeProblems(s) {
 		say("bad %s", p)
 	}
-	c := NewCommitter(s, fakeStep)
+	c := NewCommitter(s, (&pool.Core{}).Step)
 	// Start-up: publish what the previous run left in the outbox, same ids.
 	publish := func() int {
 		var ids []string
@@ -229,26 +241,49 @@ func TestCrashRecovery(t *testing.T) {
 			}
 		}
 	}
+	codes := map[string]int{}
+	for _, c := range st.status {
+		codes[c]++
+	}
+	var total events.Counts
+	for _, p := range mustPools(t, s) {
+		total.Created += p.Counts.Created
+		total.Available += p.Counts.Available
+		total.Claimed += p.Counts.Claimed
+		total.Expired += p.Counts.Expired
+		total.Deleted += p.Counts.Deleted
+	}
+	t.Logf("outcomes %v; final counts %+v", codes, total)
 	if accepted < len(stream)*9/10 {
 		t.Errorf("only %d of %d inputs accepted: the stream does not exercise the store", accepted, len(stream))
 	}
-	// Every message an accepted input produced was published at least once.
+	// Replaying the journal through the core gives the stored records exactly, and
+	// every message an accepted input produced was published at least once.
+	mem, produced := replayJournal(t, s)
 	pools, _ := s.Pools()
-	missing := 0
+	if len(pools) != len(mem.Pools()) {
+		t.Errorf("%d pools stored, replay has %d", len(pools), len(mem.Pools()))
+	}
 	for _, p := range pools {
-		for n := uint64(1); n <= p.StatusSeq; n++ {
-			if !st.published[fmt.Sprintf("status-%s-%d", p.ID, n)] {
-				missing++
+		want, _, _ := mem.Pool(p.ID)
+		if a, b := jsonOf(p), jsonOf(want); a != b {
+			t.Errorf("pool %s differs from replay:\n%s\n%s", p.ID, a, b)
+		}
+		for _, k := range mem.KeyPackages(p.ID) {
+			got, ok, _ := s.KeyPackage(k.Ref)
+			if a, b := jsonOf(got), jsonOf(k); !ok || a != b {
+				t.Errorf("KeyPackage %s differs from replay:\n%s\n%s", k.Ref, a, b)
 			}
 		}
 	}
-	for _, in := range stream {
-		if g := in.Event.Generated; g != nil && journal[in.Event.ID] != 0 && !st.published["upload-"+g.Ref] {
+	missing := 0
+	for _, id := range produced {
+		if !st.published[id] {
 			missing++
 		}
 	}
-	if missing > 0 {
-		t.Errorf("%d outbox messages never published", missing)
+	if missing > 0 || len(produced) == 0 {
+		t.Errorf("%d of %d outbox messages never published", missing, len(produced))
 	}
 	var left int
 	s.Outbox(func(events.Outbound) error { left++; return nil })
@@ -339,4 +374,44 @@ func crashRun(t *testing.T, dir string, st *crashState, after int) bool {
 		t.Fatalf("child failed: %v", werr)
 	}
 	return finished
+}
+
+// replayJournal steps the stored journal through the core into a MemStore and returns
+// it with the ids of every outbox message the steps produced.
+func replayJournal(t *testing.T, s *Store) (*pool.MemStore, []string) {
+	t.Helper()
+	mem, core := pool.NewMemStore(), &pool.Core{}
+	var ids []string
+	err := s.Journal(0, 0, func(seq uint64, ev events.Event) error {
+		r, err := core.Step(mem, ev)
+		if err != nil || r.Seq != seq {
+			return fmt.Errorf("replay of %d (%s): seq %d, %v", seq, ev.ID, r.Seq, err)
+		}
+		mem.Apply(r)
+		for _, o := range r.Outbox {
+			ids = append(ids, o.ID)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.CheckInvariants(mem); err != nil {
+		t.Fatalf("replayed state: %v", err)
+	}
+	return mem, ids
+}
+
+func jsonOf(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+func mustPools(t *testing.T, s *Store) []pool.Pool {
+	t.Helper()
+	ps, err := s.Pools()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ps
 }

@@ -3,6 +3,7 @@ package persistence
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/kpool/kpool/events"
@@ -13,8 +14,9 @@ import (
 // storeProblems checks what a crash must never break, reading every record (tests
 // only): the journal is 1..Meta.Seq without gaps or repeated event ids, every dedup id
 // points at its journal entry, pool counters match the pool's records, the expiry index
-// and the records agree, and every live KeyPackage has its private keys (decrypting to
-// the bundle the test stored) while deleted ones have none.
+// and the records agree (each record has one entry, at its deadline), pool.CheckPool
+// holds for every pool, and every live KeyPackage has its private keys (decrypting to
+// the bundle the test stored) while deleted ones have none. For the real core's records.
 func storeProblems(s *Store) []string {
 	var bad []string
 	add := func(f string, a ...any) { bad = append(bad, fmt.Sprintf(f, a...)) }
@@ -66,24 +68,24 @@ func storeProblems(s *Store) []string {
 	}
 	nkp := 0
 	for _, p := range pools {
-		var c events.Counts
+		var kps []pool.KeyPackage
 		s.KeyPackages(p.ID, func(kp pool.KeyPackage) bool {
 			nkp++
-			adjust(&c, kp.State, 1)
+			kps = append(kps, kp)
 			if at, ok := index[kp.Ref]; !ok || !at.Equal(kp.Deadline) {
 				add("kp %s: index %v (%v), record deadline %v", kp.Ref, at, ok, kp.Deadline)
 			}
 			sec, err := s.Secret(kp.Ref)
 			switch {
-			case needsKeys(kp.State) && (err != nil || !bytes.Equal(sec, secretOf(kp.Ref))):
+			case kp.State.Live() && (err != nil || !bytes.Equal(sec, secretOf(kp.Ref))):
 				add("kp %s %s: private keys %v", kp.Ref, kp.State, err)
 			case kp.State == fsm.Deleted && err == nil:
 				add("kp %s deleted but its private keys remain", kp.Ref)
 			}
 			return true
 		})
-		if c != p.Counts {
-			add("pool %s: counts %+v, records say %+v", p.ID, p.Counts, c)
+		if err := pool.CheckPool(p, meta.Time, slices.Values(kps)); err != nil {
+			add("%v", err)
 		}
 		if sec, err := s.Secret(PoolSecretID(p.ID)); err != nil || !bytes.Equal(sec, secretOf(PoolSecretID(p.ID))) {
 			add("pool %s: signature key %v", p.ID, err)
