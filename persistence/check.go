@@ -1,0 +1,180 @@
+package persistence
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"iter"
+	"strings"
+
+	"github.com/kpool/kpool/fsm"
+	"github.com/kpool/kpool/pool"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Check reads the whole database in one read transaction and calls report for every
+// inconsistency: bbolt's own page checks, then kpool's: journal and dedup ids, the
+// per-pool and expiry indexes against the records, private keys present for every
+// live KeyPackage and absent for deleted ones (decrypted when the store has a key),
+// outbox index, and pool.CheckPool for every pool. It reads every record: a tool for
+// `worker db check` and tests, never for start-up.
+func (s *Store) Check(report func(problem string)) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		add := func(f string, a ...any) { report(fmt.Sprintf(f, a...)) }
+		for err := range tx.Check() {
+			add("bbolt: %v", err)
+		}
+		v := newTxView(tx)
+		meta, err := v.Meta()
+		if err != nil {
+			return err
+		}
+		s.checkJournal(v, meta, add)
+		s.checkRecords(v, add)
+		s.checkOutbox(v, add)
+		return v.pools.ForEach(func(k, val []byte) error {
+			var p pool.Pool
+			if err := json.Unmarshal(val, &p); err != nil {
+				add("pool %q: %v", k, err)
+				return nil
+			}
+			if !v.hasSecret(PoolSecretID(p.ID)) {
+				add("pool %s: signature private key missing", p.ID)
+			}
+			if err := pool.CheckPool(p, meta.Time, poolKPs(v, p.ID, add)); err != nil {
+				add("%v", err)
+			}
+			return nil
+		})
+	})
+}
+
+func (s *Store) checkJournal(v *txView, meta pool.Meta, add func(string, ...any)) {
+	var first, last uint64
+	c := v.journal.Cursor()
+	for k, val := c.First(); k != nil; k, val = c.Next() {
+		seq := seqOf(k)
+		if first == 0 {
+			first = seq
+		} else if seq != last+1 {
+			add("journal: seq %d follows %d", seq, last)
+		}
+		last = seq
+		var ev struct{ ID string }
+		if err := json.Unmarshal(val, &ev); err != nil {
+			add("journal %d: %v", seq, err)
+			continue
+		}
+		if got := v.seen.Get([]byte(ev.ID)); seqOf(got) != seq {
+			add("journal %d: event %s has dedup seq %d", seq, ev.ID, seqOf(got))
+		}
+	}
+	if last != meta.Seq {
+		add("journal ends at %d, last applied is %d", last, meta.Seq)
+	}
+	_ = v.seen.ForEach(func(k, val []byte) error {
+		if seq := seqOf(val); seq >= first && (seq > last || v.journal.Get(seqKey(seq)) == nil) {
+			add("dedup id %s names seq %d, not journaled", k, seq)
+		}
+		return nil
+	})
+}
+
+func (s *Store) checkRecords(v *txView, add func(string, ...any)) {
+	records := 0
+	_ = v.kps.ForEach(func(k, val []byte) error {
+		records++
+		var kp pool.KeyPackage
+		if err := json.Unmarshal(val, &kp); err != nil {
+			add("keypackage %s: %v", k, err)
+			return nil
+		}
+		if kp.Ref != string(k) {
+			add("keypackage %s: record names ref %s", k, kp.Ref)
+		}
+		if v.poolKPs.Get(poolKPKey(kp.Pool, kp.Ref)) == nil {
+			add("keypackage %s: missing from the index of pool %s", kp.Ref, kp.Pool)
+		}
+		if v.expiry.Get(indexKey(kp.Deadline, kp.Ref)) == nil {
+			add("keypackage %s (%s): no expiry index entry at its deadline %s", kp.Ref, kp.State, kp.Deadline)
+		}
+		sealed := v.secrets.Get(k)
+		switch {
+		case kp.State.Live() && sealed == nil:
+			add("keypackage %s is %s without private keys", kp.Ref, kp.State)
+		case kp.State == fsm.Deleted && sealed != nil:
+			add("keypackage %s is deleted but its private keys remain", kp.Ref)
+		case sealed != nil && s.seal != nil:
+			if plain, err := s.seal.open(k, sealed); err != nil {
+				add("keypackage %s: private keys do not decrypt (%v)", kp.Ref, err)
+			} else {
+				clear(plain)
+			}
+		}
+		return nil
+	})
+	if n := v.poolKPs.Stats().KeyN; n != records {
+		add("per-pool index holds %d entries for %d records", n, records)
+	}
+	entries := 0
+	_ = v.expiry.ForEach(func(k, _ []byte) error {
+		entries++
+		at, ref, ok := parseIndexKey(k)
+		if !ok {
+			add("expiry index: malformed key %x", k)
+			return nil
+		}
+		kp, found, err := v.KeyPackage(ref)
+		if err == nil && (!found || !kp.Deadline.Equal(at)) {
+			add("expiry index: entry %s at %s does not match a record", ref, at)
+		}
+		return nil
+	})
+	if entries != records {
+		add("expiry index holds %d entries for %d records", entries, records)
+	}
+	_ = v.secrets.ForEach(func(k, _ []byte) error {
+		id := string(k)
+		if p, ok := strings.CutPrefix(id, "pool:"); ok {
+			if v.pools.Get([]byte(p)) == nil {
+				add("secret %s: no such pool", id)
+			}
+		} else if v.kps.Get(k) == nil {
+			add("secret %s: no such KeyPackage (not erased)", id)
+		}
+		return nil
+	})
+}
+
+func (s *Store) checkOutbox(v *txView, add func(string, ...any)) {
+	n := 0
+	_ = v.outboxIDs.ForEach(func(id, key []byte) error {
+		n++
+		var o struct{ ID string }
+		if val := v.outbox.Get(key); val == nil || json.Unmarshal(val, &o) != nil || o.ID != string(id) {
+			add("outbox: id %s does not name its entry", id)
+		}
+		return nil
+	})
+	if m := v.outbox.Stats().KeyN; m != n {
+		add("outbox holds %d entries, its id index %d", m, n)
+	}
+}
+
+// poolKPs iterates a pool's records through the per-pool index.
+func poolKPs(v *txView, poolID string, add func(string, ...any)) iter.Seq[pool.KeyPackage] {
+	prefix := poolKPKey(poolID, "")
+	return func(yield func(pool.KeyPackage) bool) {
+		c := v.poolKPs.Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			kp, ok, err := v.KeyPackage(string(k[len(prefix):]))
+			if err != nil || !ok {
+				add("pool %s index names %s: record missing (%v)", poolID, k[len(prefix):], err)
+				continue
+			}
+			if !yield(kp) {
+				return
+			}
+		}
+	}
+}
