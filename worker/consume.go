@@ -21,26 +21,16 @@ const (
 	CodeStore        = "store_refused" // the store refused the step's result (e.g. missing secret)
 )
 
-// consumeLoop fetches batches from the durable consumer and handles each message in
-// order. On stop it finishes the batch in hand; unfetched messages stay in the stream.
+// consumeLoop pulls from the durable consumer and handles each message in order. The
+// iterator re-issues pulls after a reconnect. On stop it is drained: messages already
+// pulled are handled and committed, the rest stay in the stream for the next start.
 func (w *Worker) consumeLoop() {
 	defer w.loops.Done()
 	backoff := 100 * time.Millisecond
 	for w.ctx.Err() == nil {
-		batch, err := w.cons.Fetch(w.cfg.Batch, jetstream.FetchMaxWait(time.Second))
+		it, err := w.cons.Messages(jetstream.PullMaxMessages(w.cfg.Batch))
 		if err != nil {
-			w.log.Warn("fetch from the events stream failed; retrying", "err", err, "in", backoff)
-			if !w.sleepCtx(backoff) {
-				return
-			}
-			backoff = min(2*backoff, 5*time.Second)
-			continue
-		}
-		for msg := range batch.Messages() {
-			w.handle(msg)
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
-			w.log.Warn("fetch ended with an error; retrying", "err", err, "in", backoff)
+			w.log.Warn("pull from the events stream failed; retrying", "err", err, "in", backoff)
 			if !w.sleepCtx(backoff) {
 				return
 			}
@@ -48,6 +38,36 @@ func (w *Worker) consumeLoop() {
 			continue
 		}
 		backoff = 100 * time.Millisecond
+		stopped := make(chan struct{})
+		go func() {
+			select {
+			case <-w.ctx.Done():
+				it.Drain()
+			case <-stopped:
+			}
+		}()
+		w.drainIterator(it)
+		close(stopped)
+	}
+}
+
+// drainIterator handles messages until the iterator is closed (drained on stop) or fails.
+func (w *Worker) drainIterator(it jetstream.MessagesContext) {
+	defer it.Stop()
+	for {
+		msg, err := it.Next()
+		switch {
+		case err == nil:
+			w.handle(msg)
+		case errors.Is(err, jetstream.ErrMsgIteratorClosed):
+			return
+		default:
+			// Missed heartbeats and the like during a reconnect: the iterator recovers.
+			w.log.Debug("pull iterator", "err", err)
+			if w.ctx.Err() != nil {
+				return
+			}
+		}
 	}
 }
 
@@ -88,6 +108,7 @@ func (w *Worker) handle(msg jetstream.Msg) {
 	if res.Ready.Duplicate {
 		result = "duplicate"
 	}
+	w.log.Debug("event", "subject", msg.Subject(), "id", ev.ID, "result", result)
 	w.metrics.events.WithLabelValues(string(ev.Type), result).Inc()
 	w.metrics.stepSeconds.Observe(time.Since(start).Seconds())
 	w.ack(msg)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"os"
 	"net"
 	"slices"
 	"strconv"
@@ -97,6 +99,9 @@ func testDefaults() *pool.Config {
 func startWorker(t *testing.T, url, dataDir string, clock *testClock, mod ...func(*worker.Config)) *worker.Worker {
 	t.Helper()
 	cfg := worker.Config{DataDir: dataDir, NATSURL: url, Clock: clock.Now, NoSync: true, Defaults: testDefaults()}
+	if os.Getenv("KPOOL_TEST_LOG") != "" {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	for _, m := range mod {
 		m(&cfg)
 	}

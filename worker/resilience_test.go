@@ -1,0 +1,207 @@
+package worker_test
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/events/natsbus"
+	"github.com/kpool/kpool/worker"
+	"github.com/nats-io/nats.go/jetstream"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// counter reads a counter from the worker's metrics (sum over label values).
+func counter(t *testing.T, w *worker.Worker, name string) float64 {
+	t.Helper()
+	mfs, err := w.Gatherer().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += metricValue(m)
+			}
+		}
+	}
+	return sum
+}
+
+func metricValue(m *dto.Metric) float64 {
+	if m.Counter != nil {
+		return m.Counter.GetValue()
+	}
+	if m.Gauge != nil {
+		return m.Gauge.GetValue()
+	}
+	return 0
+}
+
+// TestDuplicates: an event id applied once is never applied again, whether JetStream
+// deduplicates it (same Nats-Msg-Id) or it arrives as a new message (beyond the window).
+func TestDuplicates(t *testing.T) {
+	ns := startNATS(t)
+	w := startWorker(t, ns.URL(), t.TempDir(), newClock())
+	nc, c := connect(t, ns.URL())
+	js, _ := jetstream.New(nc)
+	ds := startDS(t, c, false)
+	dls := collectDeadLetters(t, c)
+	if _, err := c.Register(ctx(t), "alice", natsbus.RegisterRequest{Identity: "alice", CipherSuite: 1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "generation done", func() bool {
+		return len(ds.refs("alice", false)) == 10 && poolRecord(t, w, "alice").Requested == 0
+	})
+	ref := ds.refs("alice", false)[0]
+	ack, err := c.Publish(ctx(t), events.Event{ID: "ack-1", Type: events.TypeUploadAck, Pool: "alice", Ref: ref})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "ack applied", func() bool {
+		kp, _, _ := w.Store().KeyPackage(ref)
+		return kp.State == "available"
+	})
+	seq := func() uint64 { m, _ := w.Store().Meta(); return m.Seq }
+	before, statusBefore := seq(), poolRecord(t, w, "alice").StatusSeq
+
+	// Same Nats-Msg-Id: JetStream drops it at publish time.
+	pa, err := js.Publish(context.Background(), w.Subjects().Event("alice", events.TypeUploadAck), mustJSON(ack), jetstream.WithMsgID("ack-1"))
+	if err != nil || !pa.Duplicate {
+		t.Fatalf("publish ack: %+v %v, want a JetStream duplicate", pa, err)
+	}
+	// A new message with the same event id (as after the dedup window): the worker drops it.
+	for i := range 3 {
+		if _, err := js.Publish(context.Background(), w.Subjects().Event("alice", events.TypeUploadAck), mustJSON(ack), jetstream.WithMsgID("other-"+string(rune('a'+i)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "duplicates counted", func() bool { return counter(t, w, "kpool_duplicates_total") == 3 })
+	if after := seq(); after != before {
+		t.Fatalf("sequence moved %d → %d on duplicates", before, after)
+	}
+	if poolRecord(t, w, "alice").StatusSeq != statusBefore {
+		t.Fatal("status changed on duplicates")
+	}
+	if n := len(dls.list()); n != 0 {
+		t.Fatalf("duplicates were dead-lettered: %+v", dls.list())
+	}
+}
+
+// gatedRand hands out a budget of random bytes, then fails until opened: it stops the
+// generator at a known point without blocking shutdown.
+type gatedRand struct {
+	budget atomic.Int64
+	open   atomic.Bool
+}
+
+func (g *gatedRand) Read(p []byte) (int, error) {
+	if !g.open.Load() && g.budget.Add(-int64(len(p))) < 0 {
+		return 0, errors.New("test entropy gate closed")
+	}
+	return rand.Read(p)
+}
+
+// TestRestartResumesGenerationAndOutbox: generation interrupted by a shutdown resumes at
+// the next start (outstanding requests are durable), and outbox messages committed while
+// NATS was down are published when the worker comes back.
+func TestRestartResumesGenerationAndOutbox(t *testing.T) {
+	ns := startNATS(t)
+	clock := newClock()
+	dir := t.TempDir()
+	gate := &gatedRand{}
+	gate.budget.Store(32 + 3*64) // the signature key and three KeyPackages (suite 1)
+	w := startWorker(t, ns.URL(), dir, clock, func(c *worker.Config) { c.Rand = gate })
+	_, c := connect(t, ns.URL())
+	if _, err := c.Register(ctx(t), "alice", natsbus.RegisterRequest{Identity: "alice", CipherSuite: 1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "three KeyPackages", func() bool { return poolRecord(t, w, "alice").Counts.Created == 3 })
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Second run: NATS goes away while the rest is generated, so the outbox fills.
+	gate.open.Store(true)
+	w = startWorker(t, ns.URL(), dir, clock)
+	eventually(t, 10*time.Second, "generation resumed", func() bool {
+		p := poolRecord(t, w, "alice")
+		return p.Counts.Created == 11 && p.Requested == 0 && !p.LastResortRequested
+	})
+	ns.Shutdown()
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A DS that subscribes now gets every upload once NATS and the worker are back.
+	ns.Restart()
+	w = startWorker(t, ns.URL(), dir, clock)
+	_, c = connect(t, ns.URL())
+	ds := startDS(t, c, true)
+	eventually(t, 10*time.Second, "all uploads delivered and acked", func() bool {
+		return ds.count() == 11 && poolRecord(t, w, "alice").Counts.Available == 11
+	})
+	st, found, err := c.LastStatus(ctx(t), "alice")
+	if err != nil || !found || st.Seq != poolRecord(t, w, "alice").StatusSeq {
+		t.Fatalf("last status %+v found=%v err=%v, want seq %d", st, found, err, poolRecord(t, w, "alice").StatusSeq)
+	}
+}
+
+// TestNATSRestartMidRun: the NATS server restarts while events flow; the worker
+// reconnects and nothing acknowledged is lost.
+func TestNATSRestartMidRun(t *testing.T) {
+	ns := startNATS(t)
+	w := startWorker(t, ns.URL(), t.TempDir(), newClock())
+	_, c := connect(t, ns.URL())
+	ds := startDS(t, c, true)
+	if _, err := c.Register(ctx(t), "alice", natsbus.RegisterRequest{Identity: "alice", CipherSuite: 1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "pool full", func() bool { return poolRecord(t, w, "alice").Fresh == 10 })
+	refs := ds.refs("alice", false)
+	for _, ref := range refs[:7] { // below the watermark: a refill starts
+		if err := c.Claimed(ctx(t), "alice", ref); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ns.Restart() // mid-refill
+	eventually(t, 10*time.Second, "client reconnected", func() bool { return connected(c) })
+	for _, ref := range refs[7:9] {
+		if err := publishRetry(t, func() error { return c.Claimed(ctx(t), "alice", ref) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 7 claims → refill to 10 (7 new), then 2 more claims → 8, above the watermark.
+	eventually(t, 20*time.Second, "every claim applied and the pool refilled", func() bool {
+		p := poolRecord(t, w, "alice")
+		return p.Counts.Claimed == 9 && p.Fresh == 8 && p.Requested == 0 && p.Counts.Created == 0
+	})
+	st, err := c.Status(ctx(t), "alice")
+	if err != nil || st.Counts.Claimed != 9 || st.AvailableFresh != 8 || ds.count() != 18 {
+		t.Fatalf("status after NATS restart: %+v %v", st, err)
+	}
+}
+
+func connected(c *natsbus.Client) bool {
+	_, err := c.List(context.Background())
+	return err == nil
+}
+
+// publishRetry retries a publish while JetStream settles after a restart.
+func publishRetry(t *testing.T, f func() error) error {
+	t.Helper()
+	var err error
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if err = f(); err == nil {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return err
+}
