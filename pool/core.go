@@ -334,6 +334,9 @@ func (c *Core) register(t *txn, force map[string]bool) error {
 	}
 	p.Policy, p.Config = reg.Policy, cfg
 	// cancel requests that no longer fit; late `generated` inputs for them are refused
+	if live(p.Counts) >= cfg.HardCap {
+		p.LastResortRequested = false
+	}
 	p.Requested = max(0, min(p.Requested, cfg.HardCap-live(p.Counts)-b2i(p.LastResortRequested)))
 	return nil
 }
