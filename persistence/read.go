@@ -132,6 +132,9 @@ func (s *Store) HasSecret(id string) (ok bool, err error) {
 	return ok, err
 }
 
+// HasKey reports whether the store was opened with its key file (secrets readable).
+func (s *Store) HasKey() bool { return s.seal != nil }
+
 func (s *Store) secretIn(v *txView, id string) ([]byte, error) {
 	if s.seal == nil {
 		return nil, &SecretError{ID: id, Err: ErrNoKey}

@@ -56,11 +56,13 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w (set --key-file)", path, ErrNoKeyFile)
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:      opts.Timeout,
-		ReadOnly:     opts.ReadOnly,
-		NoSync:       opts.NoSync,
-		MaxSize:      opts.MaxSize,
-		FreelistType: bolt.FreelistMapType,
+		Timeout:  opts.Timeout,
+		ReadOnly: opts.ReadOnly,
+		NoSync:   opts.NoSync,
+		MaxSize:  opts.MaxSize,
+		// Read-only tools report free pages (bytes that may linger, docs/storage.md).
+		PreLoadFreelist: opts.ReadOnly,
+		FreelistType:    bolt.FreelistMapType,
 	})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open %s: %w (lock not acquired within %v)", path, ErrLocked, opts.Timeout)

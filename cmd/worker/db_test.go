@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/persistence"
+	"github.com/kpool/kpool/pool"
+)
+
+var dbT0 = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+
+func dbRef(i int) string { return fmt.Sprintf("%064x", i) }
+
+func dbSecret(id string) []byte {
+	h := sha256.Sum256([]byte("private " + id))
+	return h[:]
+}
+
+// dbFixture writes a database through the real core: pool p1 with three
+// KeyPackages, one available, one taken (deleted) and one created. With keyless, one
+// more is stored without private keys (as a replay would), which check must report.
+func dbFixture(t *testing.T, keyless bool) string {
+	t.Helper()
+	dir := t.TempDir()
+	s, err := persistence.Open(filepath.Join(dir, "kpool.db"), persistence.Options{KeyFile: filepath.Join(dir, "kpool.key")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := persistence.NewCommitterWith(s, (&pool.Core{}).Step, persistence.CommitterOptions{AllowMissingSecrets: keyless})
+	sub := func(in persistence.Input) {
+		t.Helper()
+		res, err := c.Submit(context.Background(), in)
+		if err != nil || res.Err != nil {
+			t.Fatalf("%s: %v %v", in.Event.ID, err, res.Err)
+		}
+	}
+	sub(persistence.Input{Event: events.Event{ID: "reg", Type: events.TypePoolRegistered, Time: dbT0, Pool: "p1",
+		Register: &events.Register{Identity: "alice", CipherSuite: 1, SignatureKey: []byte("pub")}},
+		Secrets: map[string][]byte{persistence.PoolSecretID("p1"): dbSecret("pool")}})
+	n := 3
+	if keyless {
+		n = 4
+	}
+	for i := range n {
+		ev := events.Event{ID: fmt.Sprintf("gen%d", i), Type: events.TypeGenerated, Time: dbT0, Pool: "p1",
+			Generated: &events.Generated{Ref: dbRef(i), KeyPackage: []byte("kp"), NotBefore: dbT0.Unix() - 3600, NotAfter: dbT0.Add(80 * 24 * time.Hour).Unix()}}
+		in := persistence.Input{Event: ev, Secrets: map[string][]byte{dbRef(i): dbSecret(dbRef(i))}}
+		if i == 3 {
+			in.Secrets = nil
+		}
+		sub(in)
+	}
+	for i := range 2 {
+		sub(persistence.Input{Event: events.Event{ID: fmt.Sprintf("ack%d", i), Type: events.TypeUploadAck, Time: dbT0, Pool: "p1", Ref: dbRef(i)}})
+	}
+	sub(persistence.Input{Event: events.Event{ID: "take1", Type: events.TypeConsumed, Time: dbT0, Pool: "p1", Ref: dbRef(1)}, Reveal: dbRef(1)})
+	c.Close()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func noSecrets(t *testing.T, out string) {
+	t.Helper()
+	for _, id := range []string{"pool", dbRef(0), dbRef(1), dbRef(2)} {
+		s := dbSecret(id)
+		if strings.Contains(out, string(s)) || strings.Contains(out, fmt.Sprintf("%x", s)) {
+			t.Fatalf("output holds the private key of %s", id)
+		}
+	}
+}
+
+func TestDBInspect(t *testing.T) {
+	dir := dbFixture(t, false)
+	code, out, errOut := runCmd(t, "db", "inspect", "--data", dir)
+	if code != dbOK || !strings.Contains(out, "applied    seq 7") || !strings.Contains(out, "3 KeyPackages, 3 sealed secrets") {
+		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
+	}
+	if !strings.Contains(out, "p1    alice") {
+		t.Fatalf("pool row missing:\n%s", out)
+	}
+	noSecrets(t, out)
+
+	code, out, _ = runCmd(t, "db", "inspect", "--data", dir, "--pool", "p1")
+	if code != dbOK || !strings.Contains(out, dbRef(0)+"  available") || !strings.Contains(out, dbRef(1)+"  deleted") {
+		t.Fatalf("--pool: exit %d\n%s", code, out)
+	}
+	lines := strings.Split(out, "\n")
+	for _, l := range lines {
+		if strings.HasPrefix(l, dbRef(1)) && !strings.HasSuffix(l, "none") || strings.HasPrefix(l, dbRef(0)) && !strings.HasSuffix(l, "stored (sealed)") {
+			t.Fatalf("private-keys column wrong: %q", l)
+		}
+	}
+	noSecrets(t, out)
+
+	code, out, _ = runCmd(t, "db", "inspect", "--data", dir, "--ref", dbRef(2), "--json")
+	if code != dbOK || !strings.Contains(out, `"state": "created"`) || !strings.Contains(out, `"private_keys_stored": true`) {
+		t.Fatalf("--ref: exit %d\n%s", code, out)
+	}
+	code, _, errOut = runCmd(t, "db", "inspect", "--data", dir, "--ref", dbRef(9))
+	if code != dbFailed || !strings.Contains(errOut, "no KeyPackage "+dbRef(9)) {
+		t.Fatalf("unknown ref: exit %d %s", code, errOut)
+	}
+	code, _, errOut = runCmd(t, "db", "inspect", "--data", filepath.Join(dir, "nope"))
+	if code != dbFailed || !strings.Contains(errOut, "no database at") {
+		t.Fatalf("missing db: exit %d %s", code, errOut)
+	}
+}
+
+func TestDBCommandsWhileWorkerRuns(t *testing.T) {
+	dir := dbFixture(t, false)
+	s, err := persistence.Open(filepath.Join(dir, "kpool.db"), persistence.Options{KeyFile: filepath.Join(dir, "kpool.key")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, cmd := range []string{"inspect", "check", "compact"} {
+		code, _, errOut := runCmd(t, "db", cmd, "--data", dir, "--timeout", "50ms")
+		if code != dbFailed || !strings.Contains(errOut, "database in use by another worker") {
+			t.Fatalf("db %s while locked: exit %d %s", cmd, code, errOut)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "kpool.db.compact")); !os.IsNotExist(err) {
+		t.Fatal("compact wrote a copy while the worker held the lock")
+	}
+}
+
+func TestDBCheck(t *testing.T) {
+	dir := dbFixture(t, false)
+	code, out, errOut := runCmd(t, "db", "check", "--data", dir)
+	if code != dbOK || !strings.Contains(out, "is consistent") || !strings.Contains(out, "private keys decrypted") {
+		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
+	}
+	other := filepath.Join(t.TempDir(), "other.key")
+	os.WriteFile(other, make([]byte, persistence.KeySize), 0o600)
+	code, _, errOut = runCmd(t, "db", "check", "--data", dir, "--key-file", other)
+	if code != dbFailed || !strings.Contains(errOut, "does not decrypt this database") {
+		t.Fatalf("wrong key: exit %d %s", code, errOut)
+	}
+
+	bad := dbFixture(t, true)
+	code, out, _ = runCmd(t, "db", "check", "--data", bad)
+	if code != dbProblems || !strings.Contains(out, "keypackage "+dbRef(3)+" is created without private keys") || !strings.Contains(out, "1 problems") {
+		t.Fatalf("keyless: exit %d\n%s", code, out)
+	}
+}
+
+func TestDBCompact(t *testing.T) {
+	dir := dbFixture(t, false)
+	_, before, _ := runCmd(t, "db", "inspect", "--data", dir, "--pool", "p1", "--json")
+	code, out, errOut := runCmd(t, "db", "compact", "--data", dir)
+	if code != dbOK || !strings.Contains(out, "kpool.db.compact") {
+		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
+	}
+	code, _, errOut = runCmd(t, "db", "compact", "--data", dir)
+	if code != dbFailed || !strings.Contains(errOut, "already exists") {
+		t.Fatalf("second compact: exit %d %s", code, errOut)
+	}
+	os.Remove(filepath.Join(dir, "kpool.db.compact"))
+	code, out, errOut = runCmd(t, "db", "compact", "--data", dir, "--replace")
+	if code != dbOK || !strings.Contains(out, "replaced") {
+		t.Fatalf("--replace: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "kpool.db.compact")); !os.IsNotExist(err) {
+		t.Fatal("the copy was not renamed over kpool.db")
+	}
+	_, after, _ := runCmd(t, "db", "inspect", "--data", dir, "--pool", "p1", "--json")
+	if before != after || !strings.Contains(after, dbRef(0)) {
+		t.Fatalf("records changed by compaction:\n%s\n%s", before, after)
+	}
+	if code, out, _ := runCmd(t, "db", "check", "--data", dir); code != dbOK {
+		t.Fatalf("check after compaction: exit %d\n%s", code, out)
+	}
+}
