@@ -1,0 +1,185 @@
+package pool
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/fsm"
+)
+
+func registerEvent(h *harness, pool string, pol events.Policy) events.Event {
+	in := h.event(events.TypePoolRegistered, pool)
+	in.Register = &events.Register{Identity: "alice", CipherSuite: 1, SignatureKey: []byte("sig"), Policy: pol}
+	return in
+}
+
+func mustStep(t *testing.T, h *harness, in events.Event) Ready {
+	t.Helper()
+	r, err := h.step(in)
+	if err != nil {
+		t.Fatalf("Step(%s %s): %v", in.ID, in.Type, err)
+	}
+	return r
+}
+
+func TestDuplicateChangesNothing(t *testing.T) {
+	h := newHarness(t)
+	in := registerEvent(h, "p1", events.Policy{Target: 2, LowWatermark: 1, HardCap: 4})
+	first := mustStep(t, h, in)
+	before := snapshot(h.store)
+	r, err := h.core.Step(h.store, in)
+	if err != nil || !r.Duplicate || r.Seq != 0 || len(r.Pools)+len(r.Outbox)+len(r.Generate) != 0 {
+		t.Fatalf("duplicate: %+v, %v", r, err)
+	}
+	h.store.Apply(r)
+	if snapshot(h.store) != before || first.Seq != 1 {
+		t.Fatal("a duplicate changed the store")
+	}
+}
+
+func TestInvalidTransitionIsTyped(t *testing.T) {
+	h := newHarness(t)
+	mustStep(t, h, registerEvent(h, "p1", events.Policy{Target: 1, LowWatermark: 1, HardCap: 3}))
+	g := h.generated("p1", false, 0)
+	mustStep(t, h, g)
+	before := snapshot(h.store)
+	in := h.event(events.TypeClaimed, "p1")
+	in.Ref = g.Generated.Ref
+	_, err := h.step(in)
+	var re *RejectError
+	var te *fsm.TransitionError
+	if !errors.As(err, &re) || !errors.As(err, &te) || !errors.Is(err, ErrRejected) || !errors.Is(err, fsm.ErrInvalidTransition) {
+		t.Fatalf("err = %v; want a RejectError wrapping a TransitionError", err)
+	}
+	if re.Code != CodeInvalidTransition || re.Pool != "p1" || re.Ref != g.Generated.Ref || re.EventID != in.ID {
+		t.Fatalf("RejectError = %+v", re)
+	}
+	if te.State != fsm.Created || te.Event != fsm.Claim || te.Ref != g.Generated.Ref {
+		t.Fatalf("TransitionError = %+v", te)
+	}
+	if snapshot(h.store) != before {
+		t.Fatal("a rejected input changed the store")
+	}
+}
+
+func TestConfigPrecedence(t *testing.T) {
+	c := &Core{Defaults: Config{Target: 50, LowWatermark: 10, UploadTimeout: time.Minute}}
+	got := c.Effective(events.Policy{LowWatermark: 5, ExpiryMargin: events.Duration(48 * time.Hour)})
+	want := DefaultConfig()
+	want.Target, want.LowWatermark, want.UploadTimeout, want.ExpiryMargin = 50, 5, time.Minute, 48*time.Hour
+	if got != want {
+		t.Fatalf("Effective = %+v\nwant %+v", got, want)
+	}
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatalf("default config invalid: %v", err)
+	}
+	bad := DefaultConfig()
+	bad.LowWatermark, bad.HardCap = 150, 50
+	var ce *ConfigError
+	if err := bad.Validate(); !errors.As(err, &ce) || len(ce.Problems) != 2 {
+		t.Fatalf("Validate = %v; want two problems", err)
+	}
+}
+
+func TestClockIsLargestEventTime(t *testing.T) {
+	h := newHarness(t)
+	r := mustStep(t, h, registerEvent(h, "p1", events.Policy{Target: 1, LowWatermark: 1, HardCap: 3}))
+	if !r.Meta.Time.Equal(start) || r.Seq != 1 || r.Meta.Seq != 1 {
+		t.Fatalf("meta %+v", r.Meta)
+	}
+	in := h.event(events.TypeExpiryTick, "")
+	in.Time = start.Add(-time.Hour)
+	if r := mustStep(t, h, in); !r.Meta.Time.Equal(start) || r.Seq != 2 {
+		t.Fatalf("an old event moved the clock: %+v", r.Meta)
+	}
+	in = h.event(events.TypeExpiryTick, "")
+	in.Time = start.Add(time.Hour).In(time.FixedZone("X", 3600))
+	if r := mustStep(t, h, in); !r.Meta.Time.Equal(start.Add(time.Hour)) || r.Meta.Time.Location() != time.UTC {
+		t.Fatalf("clock %v", r.Meta.Time)
+	}
+}
+
+func TestStatusHasExplicitZeros(t *testing.T) {
+	h := newHarness(t)
+	r := mustStep(t, h, registerEvent(h, "p1", events.Policy{Target: 1, LowWatermark: 1, HardCap: 3}))
+	var body string
+	for _, o := range r.Outbox {
+		if o.Kind == events.KindStatus {
+			body = string(o.Body)
+		}
+	}
+	for _, want := range []string{`"created":0`, `"available":0`, `"claimed":0`, `"expired":0`, `"deleted":0`, `"available_fresh":0`, `"seq":1`, `"health":"depleted"`, `"last_resort_ref":""`, `"next_expiry":null`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("status %s lacks %s", body, want)
+		}
+	}
+}
+
+// A View that fails must surface as a plain error (not a rejection) with nothing written.
+type failingView struct{ *MemStore }
+
+var errDisk = errors.New("disk on fire")
+
+func (f failingView) KeyPackage(string) (KeyPackage, bool, error) { return KeyPackage{}, false, errDisk }
+
+func TestViewErrorsPropagate(t *testing.T) {
+	h := newHarness(t)
+	mustStep(t, h, registerEvent(h, "p1", events.Policy{Target: 1, LowWatermark: 1, HardCap: 3}))
+	in := h.event(events.TypeUploadAck, "p1")
+	in.Ref = refOf("x")
+	_, err := h.core.Step(failingView{h.store}, in)
+	if !errors.Is(err, errDisk) || errors.Is(err, ErrRejected) {
+		t.Fatalf("err = %v; want the view's error, not a rejection", err)
+	}
+}
+
+// Outbox messages never carry anything but public data, and decode as their kind.
+func TestOutboxBodiesDecode(t *testing.T) {
+	h := newHarness(t)
+	for _, line := range []string{"register target=2 low=1 cap=4", "generate n=all", "ack ref=all", "claim ref=lr1", "tick +80d"} {
+		h.run(line)
+	}
+	in := h.event(events.TypeReplenish, "p1")
+	r := mustStep(t, h, in)
+	for _, o := range r.Outbox {
+		var v map[string]any
+		if err := json.Unmarshal(o.Body, &v); err != nil || v["pool"] != "p1" {
+			t.Fatalf("%s body %s: %v", o.Kind, o.Body, err)
+		}
+	}
+}
+
+func TestCheckPoolCatchesBadCounters(t *testing.T) {
+	h := newHarness(t)
+	h.run("register target=2 low=1 cap=4")
+	h.run("generate n=all")
+	if err := CheckInvariants(h.store); err != nil {
+		t.Fatal(err)
+	}
+	p := h.store.pools["p1"]
+	p.Counts.Created++
+	h.store.pools["p1"] = p
+	if err := CheckInvariants(h.store); !errors.Is(err, ErrInvariant) {
+		t.Fatalf("CheckInvariants = %v; want a counter violation", err)
+	}
+}
+
+func TestRefusedTransition(t *testing.T) {
+	h := newHarness(t)
+	h.run("register target=1 low=1 cap=3")
+	h.run("generate n=all")
+	in := h.event(events.TypeConsumed, "p1")
+	in.Ref = refOf("k1")
+	_, err := h.step(in)
+	tr, ok := RefusedTransition(in, err, start)
+	if !ok || tr.From != "created" || tr.To != "created" || tr.Event != "consumed" || tr.Ref != in.Ref || tr.EventID != in.ID || tr.Error == "" {
+		t.Fatalf("RefusedTransition = %+v, %v", tr, ok)
+	}
+	if _, ok := RefusedTransition(in, errDisk, start); ok {
+		t.Fatal("a non-transition error made a transition record")
+	}
+}
