@@ -124,7 +124,9 @@ type failingView struct{ *MemStore }
 
 var errDisk = errors.New("disk on fire")
 
-func (f failingView) KeyPackage(string) (KeyPackage, bool, error) { return KeyPackage{}, false, errDisk }
+func (f failingView) KeyPackage(string) (KeyPackage, bool, error) {
+	return KeyPackage{}, false, errDisk
+}
 
 func TestViewErrorsPropagate(t *testing.T) {
 	h := newHarness(t)
