@@ -147,8 +147,8 @@ func Generate(suite CipherSuite, signer Signer, identity []byte, opts GenerateOp
 		InitKey:     initPub,
 		LeafNode: LeafNode{
 			EncryptionKey: encPub,
-			SignatureKey:  signer.Public(),
-			Credential:    Credential{Type: CredentialBasic, Identity: identity},
+			SignatureKey:  slices.Clone(signer.Public()), // the KeyPackage must not alias the signer
+			Credential:    Credential{Type: CredentialBasic, Identity: slices.Clone(identity)},
 			Source:        LeafNodeSourceKeyPackage,
 			Lifetime:      lt,
 		},

@@ -1,6 +1,7 @@
 package mls
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -88,7 +89,7 @@ func SignerFromPrivate(suite CipherSuite, priv []byte) (Signer, error) {
 	switch p.sig {
 	case sigEd25519:
 		k := ed25519.NewKeyFromSeed(priv)
-		return &edSigner{ed: k, pub: []byte(k[32:])}, nil
+		return &edSigner{ed: k, pub: bytes.Clone(k[32:])}, nil
 	case sigEd448:
 		k := ed448.NewKeyFromSeed(priv)
 		return &ed448Signer{k: k, pub: []byte(k.Public().(ed448.PublicKey))}, nil

@@ -107,7 +107,7 @@ func (s CipherSuite) IsEdDSA() bool {
 	return s.Valid() && (suites[s].sig == sigEd25519 || suites[s].sig == sigEd448)
 }
 
-// HPKEIDs returns the RFC 9180 KEM, KDF and AEAD identifiers of the suite.
+// HPKESuite returns the RFC 9180 KEM, KDF and AEAD identifiers of the suite.
 func HPKESuite(s CipherSuite) (kem, kdf, aead uint16, err error) {
 	p, err := params(s)
 	if err != nil {
