@@ -109,6 +109,12 @@ func New(ctx context.Context, o Options) (*Env, error) {
 		return nil, fmt.Errorf("kpooltest: %w", err)
 	}
 	e.Worker = w
+	// The server must have processed the worker's API subscriptions before the first
+	// request, or it answers "no responders".
+	if err := w.Conn().Flush(); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("kpooltest: flush: %w", err)
+	}
 	e.durable = cfg.Durable
 	if e.durable == "" {
 		e.durable = worker.StreamSafe(o.Prefix) + "-worker" // the worker's default
