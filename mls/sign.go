@@ -245,6 +245,9 @@ func VerifyWithLabel(suite CipherSuite, pub []byte, label string, content, sig [
 		return fmt.Errorf("mls: %w: %v", ErrInvalidSignatureKey, err)
 	}
 	if !v.verify(signContent(label, content), sig) {
+		if v.pointInvalid() {
+			return fmt.Errorf("mls: %w: not a curve point", ErrInvalidSignatureKey)
+		}
 		return fmt.Errorf("mls: %w (label %q)", ErrSignature, label)
 	}
 	return nil

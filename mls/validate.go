@@ -75,6 +75,9 @@ func Validate(kp *KeyPackage, at time.Time, p Policy) error {
 
 	b, leafStart, leafEnd := kp.appendTo(make([]byte, 0, kp.sizeHint()))
 	if !v.verify(signContent("LeafNodeTBS", b[leafStart:leafEnd]), l.Signature) {
+		if v.pointInvalid() {
+			return invalid(ErrInvalidSignatureKey, "%s: not a curve point", sp.name)
+		}
 		return invalid(ErrLeafNodeSignature, "label LeafNodeTBS")
 	}
 	tbsEnd := len(b) - varintLen(len(kp.Signature)) - len(kp.Signature)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/elliptic"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -326,5 +327,50 @@ func TestX509CredentialCarried(t *testing.T) {
 	got := checkRoundTrip(t, MarshalMLSMessage(kp), true, testNow, DefaultPolicy())
 	if len(got.LeafNode.Credential.Certificates) != 3 || string(got.LeafNode.Credential.Certificates[2]) != "cert-c" {
 		t.Errorf("certificates %q", got.LeafNode.Credential.Certificates)
+	}
+}
+
+func TestEdDSAKeyNotOnCurve(t *testing.T) {
+	// Every generated key decodes; about half of all 32/57-byte strings do not.
+	for _, suite := range []CipherSuite{1, 4} {
+		valid := ed25519PointValid
+		if suite == 4 {
+			valid = ed448PointValid
+		}
+		for i := range 20 {
+			if pub := newSigner(t, suite, fmt.Sprint(i)).Public(); !valid(pub) {
+				t.Fatalf("suite %d: generated key %x rejected", suite, pub)
+			}
+		}
+		r := newSeeded("points")
+		n, bad := 400, 0
+		var invalidKey []byte
+		for range n {
+			k := make([]byte, suites[suite].sigPub)
+			r.Read(k)
+			if suite == 4 {
+				k[56] &= 0x80 // only the sign bit may be set in Ed448's last byte
+			}
+			if !valid(k) {
+				bad++
+				invalidKey = k
+			}
+		}
+		if bad < n/4 || bad > 3*n/4 {
+			t.Errorf("suite %d: %d of %d random strings rejected, want about half", suite, bad, n)
+		}
+		kp, _ := generate(t, suite, GenerateOptions{})
+		kp.LeafNode.SignatureKey = invalidKey
+		expectInvalid(t, "EdDSA key off the curve", kp, testNow, DefaultPolicy(), ErrInvalidSignatureKey)
+	}
+	// y ≥ p is not a canonical Ed25519 encoding.
+	p := make([]byte, 32)
+	p[0] = 0xed
+	for i := 1; i < 31; i++ {
+		p[i] = 0xff
+	}
+	p[31] = 0x7f
+	if ed25519PointValid(p) {
+		t.Error("y = p accepted")
 	}
 }
