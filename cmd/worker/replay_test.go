@@ -2,10 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/kpooltest"
 )
 
 const goldenReplay = "../../testdata/replay/"
@@ -104,5 +109,41 @@ func TestReplayDataExportVerify(t *testing.T) {
 	code, _, errOut = runCmd(t, "replay", "--verify", "--data", filepath.Join(dir, "nothing"))
 	if code != replayFailed || !strings.Contains(errOut, "no database at") {
 		t.Fatalf("verify missing: exit %d %s", code, errOut)
+	}
+}
+
+// log export --stream reads the inbound JetStream stream of a running worker: the events
+// other services published, with their stream sequence numbers.
+func TestLogExportStream(t *testing.T) {
+	env := kpooltest.Start(t, kpooltest.Options{Deterministic: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := env.ReplayFile(ctx, goldenReplay+"exhaustion-last-resort.ndjson", kpooltest.ReplayOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "stream.ndjson")
+	code, _, errOut := runCmd(t, "log", "export", "--stream", "--nats-url", env.Worker.ClientURL(), "--out", out)
+	if code != 0 || !strings.Contains(errOut, "14 inputs written") {
+		t.Fatalf("exit %d %s", code, errOut)
+	}
+	data, _ := os.ReadFile(out)
+	lr, err := events.NewLogReader(bytes.NewReader(data))
+	if err != nil || lr.Header().Source != "stream" {
+		t.Fatal(err, lr.Header())
+	}
+	var types []string
+	for {
+		rec, err := lr.Next()
+		if err != nil {
+			break
+		}
+		types = append(types, string(rec.Event.Type))
+	}
+	if len(types) != 14 || types[0] != "upload_ack" || types[len(types)-1] != "expiry_tick" {
+		t.Fatalf("types %v", types)
+	}
+	code, _, errOut = runCmd(t, "log", "export", "--stream", "--nats-url", env.Worker.ClientURL(), "--from", "5", "--to", "6", "--out", out)
+	if code != 0 || !strings.Contains(errOut, "2 inputs written") {
+		t.Fatalf("range: exit %d %s", code, errOut)
 	}
 }
