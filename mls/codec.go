@@ -4,9 +4,8 @@ package mls
 // The reader works on one buffer owned by the decoder and hands out subslices, so a
 // decode costs one copy of the input and no per-field allocations for opaque values.
 
-const maxVarint = 1<<30 - 1
-
-// appendVarint appends the minimal RFC 9420 §2.1.2 encoding of n (n ≤ 2^30-1).
+// appendVarint appends the minimal RFC 9420 §2.1.2 encoding of n. MLS vectors are limited
+// to 2^30-1 bytes; nothing in a KeyPackage comes near that (decoded values cannot exceed it).
 func appendVarint(b []byte, n int) []byte {
 	switch {
 	case n < 1<<6:
