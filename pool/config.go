@@ -115,8 +115,15 @@ type ConfigError struct{ Problems []string }
 
 func (e *ConfigError) Error() string { return "invalid pool config: " + strings.Join(e.Problems, "; ") }
 
-// bucketWidth is the precision of Status.NextExpiry: expiry_margin/16, at least a minute.
+// bucketWidth is the precision of Status.NextExpiry: the roundest width of at least
+// max_lifetime/192. Live KeyPackages expire within max_lifetime of now, so a pool record never
+// holds more than about 193 buckets, whatever the pool size.
 func bucketWidth(c Config) int64 {
-	w := int64((c.ExpiryMargin / 16) / time.Second)
-	return max(w, 60)
+	// round widths, so bucket starts fall on whole hours or days (UTC)
+	for _, w := range []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute, time.Hour, 3 * time.Hour, 6 * time.Hour, 12 * time.Hour, 24 * time.Hour} {
+		if w*192 >= c.MaxLifetime {
+			return int64(w / time.Second)
+		}
+	}
+	return int64((c.MaxLifetime/192)/time.Hour+1) * 3600
 }
