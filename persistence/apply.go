@@ -41,7 +41,7 @@ func (v *txView) validate(in Input, r pool.Ready, allowMissing bool) error {
 	return nil
 }
 
-// write stores one accepted step. Order matters: secrets first, so that an erasure in
+// write stores one accepted step (pool records and Meta at flush). Order matters: secrets first, so that an erasure in
 // the same Ready wins; index deletes before puts, so a moved entry ends up present.
 func (v *txView) write(seal *sealer, in Input, r pool.Ready) error {
 	for id, plain := range in.Secrets {
@@ -85,9 +85,7 @@ func (v *txView) write(seal *sealer, in Input, r pool.Ready) error {
 		}
 	}
 	for _, p := range r.Pools {
-		if err := putJSON(v.pools, []byte(p.ID), p); err != nil {
-			return fmt.Errorf("pool %s: %w", p.ID, err)
-		}
+		v.setPool(p) // written by flush, once per transaction
 	}
 	for _, o := range r.Outbox {
 		if err := v.putOutbox(o); err != nil {
@@ -105,11 +103,7 @@ func (v *txView) write(seal *sealer, in Input, r pool.Ready) error {
 		}
 	}
 	if r.Seq != 0 || r.Meta != (pool.Meta{}) {
-		if err := putJSON(v.meta, kApplied, r.Meta); err != nil {
-			return err
-		}
-		m := r.Meta
-		v.cachedMeta = &m
+		v.setMeta(r.Meta)
 	}
 	return nil
 }
@@ -133,10 +127,7 @@ func (v *txView) purge(ref string) error {
 // putOutbox appends a message; re-emitting an id that is still queued replaces it in
 // place, so one id is published once per confirmation.
 func (v *txView) putOutbox(o events.Outbound) error {
-	data, err := json.Marshal(o)
-	if err != nil {
-		return err
-	}
+	data := encodeOutbound(o)
 	if k := v.outboxIDs.Get([]byte(o.ID)); k != nil {
 		return v.outbox.Put(k, data)
 	}

@@ -150,8 +150,8 @@ func (s *Store) checkOutbox(v *txView, add func(string, ...any)) {
 	n := 0
 	_ = v.outboxIDs.ForEach(func(id, key []byte) error {
 		n++
-		var o struct{ ID string }
-		if val := v.outbox.Get(key); val == nil || json.Unmarshal(val, &o) != nil || o.ID != string(id) {
+		val := v.outbox.Get(key)
+		if o, err := decodeOutbound(val); val == nil || err != nil || o.ID != string(id) {
 			add("outbox: id %s does not name its entry", id)
 		}
 		return nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/pool"
@@ -43,6 +44,14 @@ type CommitterOptions struct {
 	// AllowMissingSecrets lets a step store live KeyPackages without private keys.
 	// Only for replaying a journal into a fresh database.
 	AllowMissingSecrets bool
+
+	onCommit func(inputs int) // tests and benchmarks: called after each committed batch
+}
+
+// CommitterStats count committed work since the committer started.
+type CommitterStats struct {
+	Transactions uint64 // bbolt transactions committed with at least one input
+	Inputs       uint64 // inputs in them (accepted, rejected and duplicates)
 }
 
 // Committer is the single writer. It drains whatever inputs are queued into one bbolt
@@ -57,6 +66,8 @@ type Committer struct {
 	closed bool
 	reqs   chan *request
 	done   chan struct{}
+
+	txs, inputs atomic.Uint64
 
 	ackMu sync.Mutex
 	acks  []string
@@ -130,6 +141,12 @@ func (c *Committer) Ack(ids ...string) {
 	case c.wake <- struct{}{}:
 	default:
 	}
+}
+
+// Stats returns the committed transactions and inputs so far; Inputs/Transactions is
+// the mean group size.
+func (c *Committer) Stats() CommitterStats {
+	return CommitterStats{Transactions: c.txs.Load(), Inputs: c.inputs.Load()}
 }
 
 // Close stops accepting inputs, commits those already queued and pending acks, and
@@ -208,6 +225,9 @@ func (c *Committer) commit(batch []*request) {
 				}
 				results[i] = res
 			}
+			if err := v.flush(); err != nil {
+				return err
+			}
 			if err := v.ackOutbox(acks); err != nil {
 				return err
 			}
@@ -230,6 +250,13 @@ func (c *Committer) commit(batch []*request) {
 				r.res = results[i]
 			}
 			close(r.done)
+		}
+		if err == nil && len(batch) > 0 {
+			c.txs.Add(1)
+			c.inputs.Add(uint64(len(batch)))
+			if c.opts.onCommit != nil {
+				c.opts.onCommit(len(batch))
+			}
 		}
 		if err != nil && len(acks) > 0 {
 			c.ackMu.Lock()

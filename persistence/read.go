@@ -101,8 +101,8 @@ func (s *Store) Journal(from, to uint64, fn func(seq uint64, ev events.Event) er
 func (s *Store) Outbox(fn func(events.Outbound) error) error {
 	return s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bOutbox).ForEach(func(k, val []byte) error {
-			var o events.Outbound
-			if err := json.Unmarshal(val, &o); err != nil {
+			o, err := decodeOutbound(val)
+			if err != nil {
 				return fmt.Errorf("outbox entry %d: %w", seqOf(k), err)
 			}
 			return fn(o)
