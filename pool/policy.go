@@ -31,20 +31,21 @@ func needLastResort(p *Pool) bool {
 
 // refill asks for KeyPackages when the fresh count is below the low watermark (or when
 // forced: registration and replenish), up to target and never past the hard cap.
+//
+// Regular KeyPackages come first: when the cap is tight, the pool's working set matters
+// more than rotating the last resort, which is requested as soon as there is room.
 func (t *txn) refill(p *Pool, force bool) {
 	cfg := p.Config
+	if p.Fresh < cfg.LowWatermark || force {
+		inflight := p.Counts.Created - p.LastResortCounts.Created + p.Requested
+		if n := min(cfg.Target-p.Fresh-inflight, cfg.HardCap-reserved(p)); n > 0 {
+			p.Requested += n
+			t.generate = append(t.generate, GenerateRequest{Pool: p.ID, Count: n})
+		}
+	}
 	if needLastResort(p) && reserved(p) < cfg.HardCap {
 		p.LastResortRequested = true
 		t.generate = append(t.generate, GenerateRequest{Pool: p.ID, Count: 1, LastResort: true})
-	}
-	if p.Fresh >= cfg.LowWatermark && !force {
-		return
-	}
-	inflight := p.Counts.Created - p.LastResortCounts.Created + p.Requested
-	n := min(cfg.Target-p.Fresh-inflight, cfg.HardCap-reserved(p))
-	if n > 0 {
-		p.Requested += n
-		t.generate = append(t.generate, GenerateRequest{Pool: p.ID, Count: n})
 	}
 }
 
