@@ -140,47 +140,55 @@ func Run(ctx context.Context, lr *events.LogReader, t Target, opts Options) (*Su
 	if err != nil {
 		return s, err
 	}
+	line := 0
 	progress := func(done bool) {
 		if opts.Progress != nil {
-			opts.Progress(Progress{Records: s.Records, Seq: s.LastSeq, Line: lr.Line(), Done: done})
+			opts.Progress(Progress{Records: s.Records, Seq: s.LastSeq, Line: line, Done: done})
 		}
 	}
-	for {
-		if err := ctx.Err(); err != nil {
-			return s, err
-		}
-		rec, err := lr.Next()
-		if err == io.EOF {
-			break
-		}
-		var le *events.LogLineError
-		if errors.As(err, &le) {
-			s.BadLines++
-			s.note(Note{Line: le.Line, Seq: le.Seq, Kind: "bad_line", Code: lineCode(le.Err), Message: le.Err.Error()}, opts.MaxNotes)
-			if opts.StopOnBadLine {
+	stop := make(chan struct{})
+	defer close(stop)
+	batches := readAhead(lr, stop)
+loop:
+	for batch := range batches {
+		for _, it := range batch {
+			if err := ctx.Err(); err != nil {
 				return s, err
 			}
-			continue
-		}
-		if err != nil {
-			return s, fmt.Errorf("read log: %w", err)
-		}
-		if opts.Until != 0 && rec.Seq > opts.Until {
-			break
-		}
-		s.Records++
-		s.LastSeq = rec.Seq
-		if s.Records%uint64(opts.ProgressEvery) == 0 {
-			progress(false)
-		}
-		if skip, err := rs.skip(rec.Event); err != nil {
-			return s, fmt.Errorf("line %d (seq %d): %w", lr.Line(), rec.Seq, err)
-		} else if skip {
-			s.Resumed++
-			continue
-		}
-		if err := s.step(ctx, t, rec, lr.Line(), opts); err != nil {
-			return s, fmt.Errorf("line %d (seq %d): %w", lr.Line(), rec.Seq, err)
+			rec, err := it.rec, it.err
+			line = it.line
+			if err == io.EOF {
+				break loop
+			}
+			var le *events.LogLineError
+			if errors.As(err, &le) {
+				s.BadLines++
+				s.note(Note{Line: le.Line, Seq: le.Seq, Kind: "bad_line", Code: lineCode(le.Err), Message: le.Err.Error()}, opts.MaxNotes)
+				if opts.StopOnBadLine {
+					return s, err
+				}
+				continue
+			}
+			if err != nil {
+				return s, fmt.Errorf("read log: %w", err)
+			}
+			if opts.Until != 0 && rec.Seq > opts.Until {
+				break loop
+			}
+			s.Records++
+			s.LastSeq = rec.Seq
+			if s.Records%uint64(opts.ProgressEvery) == 0 {
+				progress(false)
+			}
+			if skip, err := rs.skip(rec.Event); err != nil {
+				return s, fmt.Errorf("line %d (seq %d): %w", line, rec.Seq, err)
+			} else if skip {
+				s.Resumed++
+				continue
+			}
+			if err := s.step(ctx, t, rec, line, opts); err != nil {
+				return s, fmt.Errorf("line %d (seq %d): %w", line, rec.Seq, err)
+			}
 		}
 	}
 	if err := rs.finished(); err != nil {
