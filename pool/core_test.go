@@ -185,3 +185,29 @@ func TestRefusedTransition(t *testing.T) {
 		t.Fatal("a non-transition error made a transition record")
 	}
 }
+
+func TestCheckReadyCatchesViolations(t *testing.T) {
+	h := newHarness(t)
+	h.run("register target=1 low=1 cap=3")
+	h.run("generate n=all")
+	h.run("consume ref=k1") // invalid: created
+	h.run("reject ref=k1 reason=x")
+	k, _, _ := h.store.KeyPackage(refOf("k1"))
+	meta, _ := h.store.Meta()
+	revived := k
+	revived.State = fsm.Available
+	r := Ready{Seq: meta.Seq + 1, Meta: Meta{Seq: meta.Seq + 1, Time: meta.Time}, KeyPackages: []KeyPackage{revived}}
+	if err := CheckReady(h.store, r); !errors.Is(err, ErrInvariant) || !strings.Contains(err.Error(), "left deleted") {
+		t.Fatalf("CheckReady(revive) = %v", err)
+	}
+	p, _, _ := h.store.Pool("p1")
+	p.StatusSeq--
+	r = Ready{Seq: meta.Seq + 1, Meta: Meta{Seq: meta.Seq + 1, Time: meta.Time}, Pools: []Pool{p}}
+	if err := CheckReady(h.store, r); !errors.Is(err, ErrInvariant) || !strings.Contains(err.Error(), "went back") {
+		t.Fatalf("CheckReady(status back) = %v", err)
+	}
+	r = Ready{Seq: meta.Seq + 1, Meta: Meta{Seq: meta.Seq + 1, Time: meta.Time.Add(-time.Second)}}
+	if err := CheckReady(h.store, r); !errors.Is(err, ErrInvariant) {
+		t.Fatalf("CheckReady(time back) = %v", err)
+	}
+}

@@ -1,0 +1,52 @@
+package pool
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+)
+
+// The treap must behave as a sorted set under random puts and deletes.
+func TestOrderedIndexMatchesSortedSet(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var x orderedIndex
+	ref := map[IndexEntry]bool{}
+	for i := range 20000 {
+		e := IndexEntry{At: start.Add(time.Duration(rng.IntN(500)) * time.Minute), Ref: fmt.Sprint("r", rng.IntN(300))}
+		if rng.IntN(3) == 0 {
+			x.del(e)
+			delete(ref, e)
+		} else {
+			x.put(e)
+			ref[e] = true
+		}
+		if i%997 != 0 {
+			continue
+		}
+		until := start.Add(time.Duration(rng.IntN(600)) * time.Minute)
+		var want, got []IndexEntry
+		for e := range ref {
+			if !e.At.After(until) {
+				want = append(want, e)
+			}
+		}
+		slices.SortFunc(want, func(a, b IndexEntry) int {
+			if less(a, b) {
+				return -1
+			}
+			return 1
+		})
+		x.ascend(until, func(e IndexEntry) bool { got = append(got, e); return true })
+		if !slices.Equal(got, want) || x.n != len(ref) {
+			t.Fatalf("step %d: ascend(%s) = %d entries, want %d (size %d vs %d)", i, until, len(got), len(want), x.n, len(ref))
+		}
+	}
+	// early stop
+	n := 0
+	x.ascend(start.Add(time.Hour*24), func(IndexEntry) bool { n++; return n < 3 })
+	if n != 3 {
+		t.Fatalf("ascend did not stop: %d", n)
+	}
+}
