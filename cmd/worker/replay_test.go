@@ -28,6 +28,18 @@ func TestReplayCommandExpect(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "state matches") || errOut != "" {
 		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
 	}
+	// A second run prints the same bytes.
+	if _, again, _ := runCmd(t, "replay", log, "--expect", goldenReplay+"normal-day.state.json", "--progress", "off"); again != out {
+		t.Fatalf("two replays printed different output:\n%s\n---\n%s", out, again)
+	}
+	// Progress goes to stderr only: a bar when asked (auto picks it on a terminal), lines otherwise.
+	_, out2, bar := runCmd(t, "replay", log, "--progress", "bar")
+	if !strings.Contains(bar, "[==============================] 100%  89 inputs  seq 89") || !strings.HasPrefix(out, out2) {
+		t.Fatalf("bar: %q", bar)
+	}
+	if _, _, lines := runCmd(t, "replay", log); lines != "replay: done: 89 inputs, last seq 89\n" {
+		t.Fatalf("lines: %q", lines)
+	}
 	want, _ := os.ReadFile(goldenReplay + "normal-day.summary.txt")
 	if !strings.HasPrefix(out, string(want)) {
 		t.Fatalf("summary differs from the golden one:\n%s", out)
