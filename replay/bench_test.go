@@ -165,6 +165,10 @@ func synthLog(tb testing.TB, inputs, pools int) string {
 
 func benchReplay(b *testing.B, decodeOnly bool) {
 	inputs, pools := benchSize()
+	benchReplayN(b, inputs, pools, decodeOnly, false)
+}
+
+func benchReplayN(b *testing.B, inputs, pools int, decodeOnly, bolt bool) {
 	path := synthLog(b, inputs, pools)
 	core := &pool.Core{Defaults: pool.DefaultConfig()}
 	var records uint64
@@ -189,8 +193,18 @@ func benchReplay(b *testing.B, decodeOnly bool) {
 				records++
 			}
 		} else {
-			mem := NewMem(core)
-			sum, err := Run(context.Background(), lr, mem, Options{})
+			var t Target = NewMem(core)
+			if bolt {
+				b.StopTimer()
+				bt, err := OpenBolt(b.TempDir(), core, BoltOptions{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				t = bt
+				b.StartTimer()
+			}
+			sum, err := Run(context.Background(), lr, t, Options{})
+			t.Close()
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -219,6 +233,18 @@ func BenchmarkReplayDecodeOnly(b *testing.B) { benchReplay(b, true) }
 
 // The full replay into memory.
 func BenchmarkReplayMem(b *testing.B) { benchReplay(b, false) }
+
+// Replay into bbolt (--data), one transaction per input as Submit commits them, no fsync
+// (the default of `worker replay --data`). A smaller log: KPOOL_REPLAY_BOLT_INPUTS
+// (default 20 000) over 100 pools, compared with the memory replay of the same log.
+func BenchmarkReplayBolt(b *testing.B) {
+	n := 20_000
+	if v, err := strconv.Atoi(os.Getenv("KPOOL_REPLAY_BOLT_INPUTS")); err == nil && v > 0 {
+		n = v
+	}
+	b.Run("mem", func(b *testing.B) { benchReplayN(b, n, 100, false, false) })
+	b.Run("bolt", func(b *testing.B) { benchReplayN(b, n, 100, false, true) })
+}
 
 // TestReplayMemoryFlat is a measurement, not a timing assert: with KPOOL_REPLAY_MEM=1 it
 // replays logs of growing length and prints the live heap after each, so the growth per

@@ -19,7 +19,8 @@ const readAheadBatch = 256
 
 // readAhead decodes the log on its own goroutine, so that on two cores decoding and
 // stepping overlap. Batches arrive in log order; the last item carries io.EOF or the
-// reader's fatal error. Closing stop ends the goroutine early.
+// reader's fatal error. Closing stop ends the goroutine at its next hand-over (it may
+// still be inside a Read then, which the caller ends by closing the log's source).
 func readAhead(lr *events.LogReader, stop <-chan struct{}) <-chan []item {
 	out := make(chan []item, 4)
 	go func() {

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/kpool/kpool/events"
@@ -257,14 +258,16 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
+// countingReader counts bytes read; replay decodes on its own goroutine, so the count
+// is atomic.
 type countingReader struct {
 	r io.Reader
-	n int64
+	n atomic.Int64
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n += int64(n)
+	c.n.Add(int64(n))
 	return n, err
 }
 
@@ -301,7 +304,7 @@ func (p *progressDisplay) update(pr replay.Progress) {
 	case "bar":
 		rate := float64(pr.Records) / max(time.Since(p.start).Seconds(), 1e-9)
 		if p.size > 0 {
-			frac := min(float64(p.read.n)/float64(p.size), 1)
+			frac := min(float64(p.read.n.Load())/float64(p.size), 1)
 			if pr.Done {
 				frac = 1
 			}
