@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -13,14 +14,16 @@ import (
 	"github.com/kpool/kpool/pool"
 )
 
-// generator mints KeyPackages for the core's generate requests and feeds each back as a
+// generator mints KeyPackages for the pools the core asked for, and feeds each back as a
 // `generated` input with its private bundle. It runs beside the consumer so a refill does
-// not hold up inbound events; requests are durable in the pool records (outstanding
-// count), so a restart resumes them.
+// not hold up inbound events. The pool record's outstanding counters (Requested,
+// LastResortRequested) are the source of truth: a generate request only marks a pool as
+// needing work, so a re-issued request (replenish, start-up) never doubles the work, and a
+// restart resumes where the last run stopped.
 type generator struct {
 	w     *Worker
 	mu    sync.Mutex
-	queue []pool.GenerateRequest
+	dirty []string // pools to look at, in request order, without repeats
 	kick  chan struct{}
 }
 
@@ -29,20 +32,18 @@ func newGenerator(w *Worker) *generator {
 }
 
 func (g *generator) enqueue(r pool.GenerateRequest) {
-	if r.Count <= 0 {
-		return
-	}
 	g.mu.Lock()
-	g.queue = append(g.queue, r)
+	if !slices.Contains(g.dirty, r.Pool) {
+		g.dirty = append(g.dirty, r.Pool)
+	}
 	g.mu.Unlock()
-	g.w.metrics.generatePending.Add(float64(r.Count))
 	select {
 	case g.kick <- struct{}{}:
 	default:
 	}
 }
 
-// resume queues the outstanding requests of every pool, read from the pool records.
+// resume marks every pool with outstanding requests.
 func (g *generator) resume() error {
 	pools, err := g.w.store.Pools()
 	if err != nil {
@@ -57,29 +58,22 @@ func (g *generator) resume() error {
 	return nil
 }
 
-func (g *generator) next() (pool.GenerateRequest, bool) {
+func (g *generator) next() (string, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if len(g.queue) == 0 {
-		return pool.GenerateRequest{}, false
+	if len(g.dirty) == 0 {
+		return "", false
 	}
-	r := g.queue[0]
-	g.queue = g.queue[1:]
-	return r, true
-}
-
-// requeue puts back what is left of a request after a transient failure.
-func (g *generator) requeue(r pool.GenerateRequest) {
-	g.mu.Lock()
-	g.queue = append([]pool.GenerateRequest{r}, g.queue...)
-	g.mu.Unlock()
+	id := g.dirty[0]
+	g.dirty = g.dirty[1:]
+	return id, true
 }
 
 func (g *generator) loop() {
 	defer g.w.loops.Done()
 	signers := map[string]mls.Signer{}
 	for {
-		r, ok := g.next()
+		id, ok := g.next()
 		if !ok {
 			select {
 			case <-g.w.ctx.Done():
@@ -88,30 +82,57 @@ func (g *generator) loop() {
 				continue
 			}
 		}
-		for r.Count > 0 {
-			if g.w.ctx.Err() != nil {
-				return // the rest stays outstanding in the pool record
-			}
-			err := g.mintOne(r, signers)
-			var perm *permanentError
-			switch {
-			case err == nil:
-				r.Count--
-				g.w.metrics.generatePending.Dec()
-			case errors.As(err, &perm):
-				g.w.log.Warn("generation request dropped", "pool", r.Pool, "left", r.Count, "err", err)
-				g.w.metrics.generatePending.Sub(float64(r.Count))
-				r.Count = 0
-			default:
-				g.w.log.Error("KeyPackage generation failed; retrying", "pool", r.Pool, "err", err)
-				g.requeue(r)
-				if !g.w.sleepCtx(time.Second) {
-					return
-				}
-				r.Count = 0 // requeued
-			}
+		if !g.fill(id, signers) {
+			return
 		}
 	}
+}
+
+// fill mints for one pool until its outstanding counters are zero. false means stop.
+func (g *generator) fill(id string, signers map[string]mls.Signer) bool {
+	w := g.w
+	for {
+		if w.ctx.Err() != nil {
+			return false // the rest stays outstanding in the pool record
+		}
+		p, ok, err := w.store.Pool(id)
+		if err != nil {
+			w.log.Error("reading pool for generation", "pool", id, "err", err)
+			return w.sleepCtx(time.Second) && g.retry(id)
+		}
+		if !ok {
+			return true
+		}
+		reqs := outstanding(p)
+		w.metrics.generatePending.WithLabelValues(id).Set(float64(p.Requested + b2i(p.LastResortRequested)))
+		if len(reqs) == 0 {
+			return true
+		}
+		err = g.mintOne(p, reqs[0].LastResort, signers)
+		var perm *permanentError
+		switch {
+		case err == nil:
+		case errors.As(err, &perm):
+			// Not retried until the core asks again (next request or restart).
+			w.log.Warn("generation stopped for pool", "pool", id, "err", err)
+			return true
+		default:
+			w.log.Error("KeyPackage generation failed; retrying", "pool", id, "err", err)
+			return w.sleepCtx(time.Second) && g.retry(id)
+		}
+	}
+}
+
+func (g *generator) retry(id string) bool {
+	g.enqueue(pool.GenerateRequest{Pool: id})
+	return true
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // permanentError ends a generation request (pool gone, core refuses more).
@@ -123,15 +144,8 @@ func (e *permanentError) Unwrap() error { return e.err }
 // mintOne generates one KeyPackage with the pool's signature key, its lifetime taken from
 // the pool's policy relative to the core's time (never the wall clock, so a replay of the
 // journal sees the same inputs), and commits it as a `generated` input.
-func (g *generator) mintOne(r pool.GenerateRequest, signers map[string]mls.Signer) error {
+func (g *generator) mintOne(p pool.Pool, lastResort bool, signers map[string]mls.Signer) error {
 	w := g.w
-	p, ok, err := w.store.Pool(r.Pool)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return &permanentError{fmt.Errorf("pool %s does not exist", r.Pool)}
-	}
 	meta, err := w.store.Meta()
 	if err != nil {
 		return err
@@ -156,7 +170,7 @@ func (g *generator) mintOne(r pool.GenerateRequest, signers map[string]mls.Signe
 		NotBefore:  uint64(notBefore),
 		NotAfter:   uint64(notAfter),
 		Now:        now,
-		LastResort: r.LastResort,
+		LastResort: lastResort,
 		Rand:       w.cfg.Rand,
 	})
 	if err != nil {
@@ -179,7 +193,7 @@ func (g *generator) mintOne(r pool.GenerateRequest, signers map[string]mls.Signe
 		Time: now,
 		Pool: p.ID,
 		Generated: &events.Generated{
-			Ref: hexRef, KeyPackage: msg, LastResort: r.LastResort,
+			Ref: hexRef, KeyPackage: msg, LastResort: lastResort,
 			NotBefore: notBefore,
 			NotAfter:  notAfter,
 		},

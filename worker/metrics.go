@@ -23,7 +23,7 @@ type metrics struct {
 	duplicates      prometheus.Counter
 	stepSeconds     prometheus.Histogram
 	generated       *prometheus.CounterVec
-	generatePending prometheus.Gauge
+	generatePending *prometheus.GaugeVec
 	relayed         *prometheus.CounterVec
 	outboxPending   prometheus.Gauge
 	ticks           prometheus.Counter
@@ -45,8 +45,8 @@ func newMetrics() *metrics {
 			Help: "Time from fetch to commit of one inbound event.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		generated: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kpool_keypackages_generated_total",
 			Help: "KeyPackages minted, by outcome (committed, rejected)."}, []string{"result"}),
-		generatePending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kpool_generate_pending",
-			Help: "KeyPackages requested by the core and not yet generated."}),
+		generatePending: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kpool_generate_outstanding",
+			Help: "KeyPackages the core requested and the generator has not delivered yet, per pool."}, []string{"pool"}),
 		relayed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kpool_outbox_published_total",
 			Help: "Outbox messages published, by kind."}, []string{"kind"}),
 		outboxPending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kpool_outbox_pending",

@@ -67,7 +67,11 @@ func (w *Worker) relayOnce(ctx context.Context) error {
 		var done []string
 		var pubErr error
 		for _, o := range batch {
-			if pubErr = natsbus.PublishOutbound(ctx, w.js, w.subj, o); pubErr != nil {
+			// A publish lost in a reconnect fails fast and is retried on the next pass.
+			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			pubErr = natsbus.PublishOutbound(pctx, w.js, w.subj, o)
+			cancel()
+			if pubErr != nil {
 				break
 			}
 			done = append(done, o.ID)

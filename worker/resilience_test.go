@@ -146,10 +146,11 @@ func TestRestartResumesGenerationAndOutbox(t *testing.T) {
 	eventually(t, 10*time.Second, "all uploads delivered and acked", func() bool {
 		return ds.count() == 11 && poolRecord(t, w, "alice").Counts.Available == 11
 	})
-	st, found, err := c.LastStatus(ctx(t), "alice")
-	if err != nil || !found || st.Seq != poolRecord(t, w, "alice").StatusSeq {
-		t.Fatalf("last status %+v found=%v err=%v, want seq %d", st, found, err, poolRecord(t, w, "alice").StatusSeq)
-	}
+	// The status stream catches up with the record (the relay runs after each commit).
+	eventually(t, 10*time.Second, "last status current", func() bool {
+		st, found, err := c.LastStatus(ctx(t), "alice")
+		return err == nil && found && st.Seq == poolRecord(t, w, "alice").StatusSeq && st.Counts.Available == 11
+	})
 }
 
 // TestNATSRestartMidRun: the NATS server restarts while events flow; the worker
@@ -171,6 +172,10 @@ func TestNATSRestartMidRun(t *testing.T) {
 	}
 	ns.Restart() // mid-refill
 	eventually(t, 10*time.Second, "client reconnected", func() bool { return connected(c) })
+	eventually(t, 20*time.Second, "claims before the restart applied and the refill done", func() bool {
+		p := poolRecord(t, w, "alice")
+		return p.Counts.Claimed == 7 && p.Fresh == 10 && p.Requested == 0 && p.Counts.Created == 0
+	})
 	for _, ref := range refs[7:9] {
 		if err := publishRetry(t, func() error { return c.Claimed(ctx(t), "alice", ref) }); err != nil {
 			t.Fatal(err)

@@ -134,6 +134,11 @@ func Start(ctx context.Context, cfg Config) (w *Worker, err error) {
 		w.loops.Add(1)
 		go w.tickLoop()
 	}
+	// The API subscriptions are registered on the server once this round trip returns,
+	// so a request sent right after Start finds a responder.
+	if err := w.nc.FlushTimeout(5 * time.Second); err != nil {
+		return nil, fmt.Errorf("worker: NATS flush: %w", err)
+	}
 	w.logPools()
 	return w, nil
 }
