@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -209,4 +210,22 @@ func publishRetry(t *testing.T, f func() error) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return err
+}
+
+// TestStartFailureCleansUp: a worker that cannot reach NATS fails with a clear error and
+// releases its store, so the next start with the same data directory works.
+func TestStartFailureCleansUp(t *testing.T) {
+	dir := t.TempDir()
+	_, err := worker.Start(context.Background(), worker.Config{DataDir: dir, NATSURL: "nats://127.0.0.1:1", NoSync: true})
+	if err == nil || !strings.Contains(err.Error(), "connect to NATS at nats://127.0.0.1:1") {
+		t.Fatalf("start without NATS: %v", err)
+	}
+	if _, err := worker.Start(context.Background(), worker.Config{}); !errors.Is(err, worker.ErrConfig) {
+		t.Fatalf("start without a data directory: %v", err)
+	}
+	ns := startNATS(t)
+	w := startWorker(t, ns.URL(), dir, newClock())
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
 }

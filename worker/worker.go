@@ -57,7 +57,7 @@ type Worker struct {
 // Start opens the store, connects to (or starts) NATS, ensures the streams and the
 // durable consumer, relays any outbox left from a previous run, resumes outstanding
 // KeyPackage generation and starts consuming, ticking and serving the API.
-func Start(ctx context.Context, cfg Config) (w *Worker, err error) {
+func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	cfg, err = cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -68,7 +68,7 @@ func Start(ctx context.Context, cfg Config) (w *Worker, err error) {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
 	}
-	w = &Worker{
+	w := &Worker{
 		cfg:       cfg,
 		log:       cfg.Logger,
 		subj:      events.Subjects{Prefix: cfg.Prefix},

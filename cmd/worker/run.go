@@ -110,6 +110,13 @@ func loadPolicy(path string) (pool.Config, error) {
 }
 
 func runWorker(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return runWorkerCtx(ctx, args, stdout, stderr)
+}
+
+// runWorkerCtx runs the worker until ctx ends (a signal) or the worker stops.
+func runWorkerCtx(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("worker run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cf connFlags
@@ -161,8 +168,6 @@ func runWorker(args []string, stdout, stderr io.Writer) int {
 		}
 		cfg.Defaults = &d
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	w, err := worker.Start(ctx, cfg)
 	if err != nil {
 		return fail(err)
@@ -170,7 +175,7 @@ func runWorker(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "kpool worker running: NATS %s, subjects %s.>, data %s (Ctrl-C to stop)\n", w.ClientURL(), cf.prefix, *data)
 	select {
 	case <-ctx.Done():
-		logger.Info("signal received; shutting down")
+		logger.Info("stopping: finishing the messages in hand, flushing the outbox")
 	case <-w.Done():
 	}
 	if err := w.Close(); err != nil {

@@ -1,0 +1,183 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/events/natsbus"
+	"github.com/kpool/kpool/mls"
+)
+
+// syncBuffer is a bytes.Buffer safe for the worker's goroutines to write to.
+type syncBuffer struct {
+	mu  chan struct{}
+	buf bytes.Buffer
+}
+
+func newSyncBuffer() *syncBuffer {
+	b := &syncBuffer{mu: make(chan struct{}, 1)}
+	b.mu <- struct{}{}
+	return b
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	<-b.mu
+	defer func() { b.mu <- struct{}{} }()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	<-b.mu
+	defer func() { b.mu <- struct{}{} }()
+	return b.buf.String()
+}
+
+// runClient runs one worker subcommand in-process.
+func runClient(args ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	code = dispatch(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// TestRunAndClientCommands starts `worker run` on an embedded server, then drives it with
+// `pool register`, `pool status`, `pool list`, `pool replenish` and `events publish`, and
+// stops it as a signal would.
+func TestRunAndClientCommands(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	stdout, stderr := newSyncBuffer(), newSyncBuffer()
+	done := make(chan int, 1)
+	go func() {
+		done <- runWorkerCtx(ctx, []string{"--data", dir, "--listen", "127.0.0.1:0", "--tick", "0", "--metrics", "127.0.0.1:0"}, stdout, stderr)
+	}()
+	urlRE := regexp.MustCompile(`NATS (nats://\S+),`)
+	var url string
+	deadline := time.Now().Add(20 * time.Second)
+	for url == "" {
+		if m := urlRE.FindStringSubmatch(stdout.String()); m != nil {
+			url = m[1]
+		} else if time.Now().After(deadline) {
+			t.Fatalf("worker did not start: %s", stderr.String())
+		} else {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if !strings.Contains(stderr.String(), "embedded NATS server listening") {
+		t.Errorf("the log does not say where NATS listens:\n%s", stderr.String())
+	}
+
+	keyFile := filepath.Join(dir, "alice.sig")
+	code, out, errOut := runClient("pool", "register", "alice", "--nats-url", url, "--identity", "alice@example.org",
+		"--target", "6", "--low-watermark", "2", "--hard-cap", "12", "--key-out", keyFile)
+	if code != 0 {
+		t.Fatalf("pool register: %d %s", code, errOut)
+	}
+	var info natsbus.PoolInfo
+	if err := json.Unmarshal([]byte(out), &info); err != nil || !info.Created || info.Policy.Target != 6 {
+		t.Fatalf("pool register output: %v\n%s", err, out)
+	}
+	key, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(keyFile); st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %v", st.Mode().Perm())
+	}
+	if s, err := mls.SignerFromPrivate(1, key); err != nil || !bytes.Equal(s.Public(), info.SignatureKey) {
+		t.Fatalf("written key does not match the pool's public key: %v", err)
+	}
+
+	code, out, errOut = runClient("pool", "status", "alice", "--nats-url", url)
+	var st events.Status
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Pool != "alice" || st.Target != 6 {
+		t.Fatalf("pool status: %d %s %s", code, out, errOut)
+	}
+	if code, out, _ = runClient("pool", "list", "--nats-url", url); code != 0 || !strings.Contains(out, "alice") {
+		t.Fatalf("pool list: %d %s", code, out)
+	}
+	if code, _, errOut = runClient("pool", "replenish", "alice", "--nats-url", url); code != 0 {
+		t.Fatalf("pool replenish: %s", errOut)
+	}
+	if code, _, errOut = runClient("pool", "status", "carol", "--nats-url", url); code != 1 || !strings.Contains(errOut, "unknown_pool") {
+		t.Fatalf("status of an unknown pool: %d %s", code, errOut)
+	}
+	if code, _, errOut = runClient("pool", "status", "bad!pool", "--nats-url", url); code != 1 || !strings.Contains(errOut, "A-Z a-z 0-9 _ -") {
+		t.Fatalf("bad pool id: %d %s", code, errOut)
+	}
+
+	// events publish: flags, positional type, raw JSON; invalid events are refused locally.
+	ref := strings.Repeat("ab", 32)
+	code, out, errOut = runClient("events", "publish", "upload_ack", "--pool", "alice", "--ref", ref, "--id", "cli-1", "--nats-url", url)
+	if code != 0 || !strings.Contains(out, `"id": "cli-1"`) {
+		t.Fatalf("events publish: %d %s %s", code, out, errOut)
+	}
+	if code, _, errOut = runClient("events", "publish", "--json", `{"id":"cli-2","type":"expiry_tick","time":"2020-01-01T00:00:00Z"}`, "--nats-url", url); code != 0 {
+		t.Fatalf("events publish --json: %s", errOut)
+	}
+	if code, _, errOut = runClient("events", "publish", "claimed", "--pool", "alice", "--ref", "XYZ", "--nats-url", url); code != 1 || !strings.Contains(errOut, "lowercase hex") {
+		t.Fatalf("invalid event: %d %s", code, errOut)
+	}
+	if code, _, errOut = runClient("events", "publish", "generated", "--pool", "alice", "--nats-url", url); code != 1 {
+		t.Fatalf("internal type published: %d %s", code, errOut)
+	}
+
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("worker run exited %d: %s", code, stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("worker run did not stop")
+	}
+	if !strings.Contains(stderr.String(), "worker stopped") {
+		t.Fatalf("no clean stop in the log:\n%s", stderr.String())
+	}
+}
+
+func TestRunFlagErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "policy.json")
+	if err := os.WriteFile(bad, []byte(`{"target": 50, "hard_cap": 10}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	typo := filepath.Join(dir, "typo.json")
+	if err := os.WriteFile(typo, []byte(`{"targt": 50}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--tick", "soon"}, nil, `--tick "soon"`},
+		{nil, map[string]string{"KPOOL_TICK": "-1s"}, "negative"},
+		{[]string{"--creds", "x.creds"}, nil, "need --nats-url"},
+		{[]string{"--tls-cert", "c.pem", "--nats-url", "nats://127.0.0.1:1"}, nil, "--tls-cert and --tls-key go together"},
+		{[]string{"--config", bad}, nil, "invalid pool config"},
+		{[]string{"--config", typo}, nil, "unknown field"},
+		{[]string{"--subject-prefix", "a.>"}, nil, "wildcards"},
+		{[]string{"--log-level", "loud"}, nil, "--log-level"},
+		{[]string{"--nats-url", "nats://127.0.0.1:1"}, nil, "connect to NATS"},
+	} {
+		for k, v := range tc.env {
+			t.Setenv(k, v)
+		}
+		var out, errb bytes.Buffer
+		code := runWorkerCtx(context.Background(), append([]string{"--data", t.TempDir(), "--listen", "127.0.0.1:0"}, tc.args...), &out, &errb)
+		if code == 0 || !strings.Contains(errb.String(), tc.want) {
+			t.Errorf("%v %v: exit %d, stderr %q, want it to mention %q", tc.args, tc.env, code, errb.String(), tc.want)
+		}
+		for k := range tc.env {
+			os.Unsetenv(k)
+		}
+	}
+}
