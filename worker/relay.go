@@ -42,15 +42,21 @@ func (w *Worker) relayLoop() {
 	}
 }
 
-// relayOnce publishes every pending outbox message, oldest first, and acknowledges the
-// published ones in the store. Each carries Nats-Msg-Id = its outbox id, so publishing it
-// again after a crash is deduplicated by the stream.
+// relayOnce publishes every pending outbox message, oldest first. Each carries
+// Nats-Msg-Id = its outbox id, so publishing it again after a crash is deduplicated by
+// the stream. Published ids are removed from the outbox in the committer's next
+// transaction (no fsync of their own); until then w.sent keeps them from going out twice.
 func (w *Worker) relayOnce(ctx context.Context) error {
 	w.relayMu.Lock()
 	defer w.relayMu.Unlock()
 	for {
 		var batch []events.Outbound
+		live := map[string]bool{}
 		err := w.store.Outbox(func(o events.Outbound) error {
+			live[o.ID] = true
+			if w.sent[o.ID] {
+				return nil
+			}
 			batch = append(batch, o)
 			if len(batch) >= relayBatch {
 				return errBatchFull
@@ -59,6 +65,13 @@ func (w *Worker) relayOnce(ctx context.Context) error {
 		})
 		if err != nil && err != errBatchFull {
 			return fmt.Errorf("read outbox: %w", err)
+		}
+		if err == nil { // a full pass: forget acks that are durable now
+			for id := range w.sent {
+				if !live[id] {
+					delete(w.sent, id)
+				}
+			}
 		}
 		if len(batch) == 0 {
 			w.metrics.outboxPending.Set(0)
@@ -75,15 +88,14 @@ func (w *Worker) relayOnce(ctx context.Context) error {
 				break
 			}
 			done = append(done, o.ID)
+			w.sent[o.ID] = true
 			w.metrics.relayed.WithLabelValues(string(o.Kind)).Inc()
 			if o.Kind == events.KindStatus {
 				w.metrics.observeStatus(o.Body)
 			}
 		}
 		if len(done) > 0 {
-			if err := w.store.AckOutbox(done...); err != nil {
-				return fmt.Errorf("ack outbox: %w", err)
-			}
+			w.committer.Ack(done...)
 		}
 		if pubErr != nil {
 			w.metrics.outboxPending.Set(float64(len(batch) - len(done)))

@@ -43,6 +43,7 @@ type Worker struct {
 
 	ncClosed  chan struct{}
 	relayMu   sync.Mutex
+	sent      map[string]bool // published outbox ids whose removal is not yet committed
 	relayKick chan struct{}
 	regMu     sync.Mutex // serializes pool registration (key generation + first commit)
 
@@ -76,6 +77,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		core:      &pool.Core{Defaults: *cfg.Defaults},
 		relayKick: make(chan struct{}, 1),
 		ncClosed:  make(chan struct{}),
+		sent:      map[string]bool{},
 		closed:    make(chan struct{}),
 		metrics:   newMetrics(),
 	}
