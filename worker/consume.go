@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/kpool/kpool/events"
@@ -54,11 +55,13 @@ func (w *Worker) consumeLoop() {
 // drainIterator handles messages until the iterator is closed (drained on stop) or fails.
 func (w *Worker) drainIterator(it jetstream.MessagesContext) {
 	defer it.Stop()
+	l := newLanes(w)
+	defer l.wait()
 	for {
 		msg, err := it.Next()
 		switch {
 		case err == nil:
-			w.handle(msg)
+			l.dispatch(msg)
 		case errors.Is(err, jetstream.ErrMsgIteratorClosed):
 			return
 		default:
@@ -70,6 +73,59 @@ func (w *Worker) drainIterator(it jetstream.MessagesContext) {
 		}
 	}
 }
+
+// lanes handle the messages of different pools concurrently, each pool's in stream order,
+// so that one pool's commits can share a transaction with another's. Messages that are
+// not for one pool (ticks of every pool, unparsable subjects) are barriers: they run
+// alone, after everything before them.
+type lanes struct {
+	w  *Worker
+	mu sync.Mutex
+	m  map[string]chan jetstream.Msg
+	wg sync.WaitGroup
+}
+
+func newLanes(w *Worker) *lanes { return &lanes{w: w, m: map[string]chan jetstream.Msg{}} }
+
+func (l *lanes) dispatch(msg jetstream.Msg) {
+	poolID, _, err := l.w.subj.ParseEvent(msg.Subject())
+	if err != nil || poolID == "" {
+		l.wait()
+		l.w.handle(msg)
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ch, ok := l.m[poolID]
+	if !ok {
+		ch = make(chan jetstream.Msg, 64)
+		l.m[poolID] = ch
+		l.wg.Add(1)
+		go l.run(poolID, ch)
+	}
+	ch <- msg // under the lock, so the lane cannot retire with a message in flight
+}
+
+func (l *lanes) run(poolID string, ch chan jetstream.Msg) {
+	defer l.wg.Done()
+	for {
+		select {
+		case msg := <-ch:
+			l.w.handle(msg)
+		default:
+			l.mu.Lock()
+			if len(ch) == 0 {
+				delete(l.m, poolID)
+				l.mu.Unlock()
+				return
+			}
+			l.mu.Unlock()
+		}
+	}
+}
+
+// wait returns when every lane has finished its messages.
+func (l *lanes) wait() { l.wg.Wait() }
 
 func isPublic(t events.Type) bool {
 	for _, p := range events.PublicTypes {

@@ -251,3 +251,31 @@ func mustJSON(v any) []byte {
 	}
 	return b
 }
+
+// startNATSB and connectB are the benchmark versions of the helpers.
+func startNATSB(b *testing.B) *natsServer {
+	b.Helper()
+	s := &natsServer{dir: b.TempDir()}
+	ns, err := worker.StartEmbedded(worker.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: s.dir})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s.ns = ns
+	s.port = ns.Addr().(*net.TCPAddr).Port
+	b.Cleanup(s.Shutdown)
+	return s
+}
+
+func connectB(b *testing.B, s *natsServer) (*nats.Conn, *natsbus.Client) {
+	b.Helper()
+	nc, err := nats.Connect(s.URL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(nc.Close)
+	c, err := natsbus.NewClient(nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return nc, c
+}
