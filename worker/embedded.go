@@ -33,6 +33,14 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
+	if port > 0 {
+		// nats-server only reports a busy port in its own log; say it here, at once.
+		ln, err := net.Listen("tcp", o.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("worker: embedded nats-server cannot listen on %s: %v (use --listen, or --nats-url for a server that is already running)", o.Listen, err)
+		}
+		ln.Close()
+	}
 	opts := &server.Options{
 		ServerName: "kpool-embedded",
 		Host:       host,

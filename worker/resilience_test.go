@@ -224,6 +224,11 @@ func TestStartFailureCleansUp(t *testing.T) {
 		t.Fatalf("start without a data directory: %v", err)
 	}
 	ns := startNATS(t)
+	// The embedded server on a busy port fails at once with the reason.
+	_, err = worker.Start(context.Background(), worker.Config{DataDir: dir, Listen: strings.TrimPrefix(ns.URL(), "nats://"), NoSync: true})
+	if err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("embedded server on a busy port: %v", err)
+	}
 	w := startWorker(t, ns.URL(), dir, newClock())
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
