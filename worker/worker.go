@@ -163,7 +163,9 @@ func (w *Worker) connect() error {
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.RetryOnFailedConnect(false),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			w.log.Warn("NATS disconnected", "err", err)
+			if w.ctx.Err() == nil {
+				w.log.Warn("NATS disconnected; reconnecting", "err", err)
+			}
 		}),
 		nats.ClosedHandler(func(*nats.Conn) { close(w.ncClosed) }),
 		nats.ReconnectHandler(func(nc *nats.Conn) {

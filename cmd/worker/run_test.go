@@ -95,10 +95,29 @@ func TestRunAndClientCommands(t *testing.T) {
 		t.Fatalf("written key does not match the pool's public key: %v", err)
 	}
 
-	code, out, errOut = runClient("pool", "status", "alice", "--nats-url", url)
+	// The simulated delivery service fills the pool and claims two KeyPackages.
+	dsCtx, dsStop := context.WithCancel(context.Background())
+	dsOut, dsErr := newSyncBuffer(), newSyncBuffer()
+	dsDone := make(chan int, 1)
+	go func() { dsDone <- dsSimulateCtx(dsCtx, []string{"--nats-url", url, "--claim", "2"}, dsOut, dsErr) }()
 	var st events.Status
-	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Pool != "alice" || st.Target != 6 {
-		t.Fatalf("pool status: %d %s %s", code, out, errOut)
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		code, out, errOut = runClient("pool", "status", "alice", "--nats-url", url)
+		if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Pool != "alice" || st.Target != 6 {
+			t.Fatalf("pool status: %d %s %s", code, out, errOut)
+		}
+		if st.Counts.Claimed == 2 && st.AvailableFresh == 6 && st.Counts.Created == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pool did not fill: %+v\n%s", st, dsErr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	dsStop()
+	if code := <-dsDone; code != 0 || strings.Count(dsOut.String(), "claimed ") != 2 {
+		t.Fatalf("ds simulate: exit %d\n%s", code, dsOut.String())
 	}
 	if code, out, _ = runClient("pool", "list", "--nats-url", url); code != 0 || !strings.Contains(out, "alice") {
 		t.Fatalf("pool list: %d %s", code, out)
