@@ -51,8 +51,11 @@ type Config struct {
 	Durable string
 	// MetricsAddr serves Prometheus metrics at http://MetricsAddr/metrics when set.
 	MetricsAddr string
-	// Batch is how many inbound messages one fetch takes (default 64).
+	// Batch is how many inbound messages one pull takes (default 64).
 	Batch int
+	// AckWait is how long JetStream waits for an ack before redelivering (default 30s).
+	// Messages that were in flight to the worker when it stopped come back after it.
+	AckWait time.Duration
 
 	// Logger receives structured logs (default: discard).
 	Logger *slog.Logger
@@ -99,6 +102,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Batch <= 0 {
 		c.Batch = 64
+	}
+	if c.AckWait <= 0 {
+		c.AckWait = 30 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

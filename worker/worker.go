@@ -105,7 +105,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		Description:   "kpool worker",
 		FilterSubject: w.subj.Events(),
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
+		AckWait:       cfg.AckWait,
 		MaxAckPending: 4 * cfg.Batch,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
