@@ -6,20 +6,55 @@ import (
 
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/pool"
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
-// validate checks, before anything of this step is written, that the Ready can be
-// stored: the sequence follows the stored one and no live KeyPackage lacks its keys.
-func (v *txView) validate(in Input, r pool.Ready, allowMissing bool) error {
-	if r.Seq != 0 {
-		m, err := v.Meta()
-		if err != nil {
-			return err
-		}
-		if r.Seq != m.Seq+1 {
-			return &InputError{EventID: r.Input.ID, Err: ErrSequence,
-				Reason: fmt.Sprintf("step assigned %d, last applied is %d", r.Seq, m.Seq)}
-		}
+// batchWrites is what the commit stage writes for one batch: the last opinion per key
+// of the batch's accepted steps, plus the journal and outbox appends in order.
+type batchWrites struct {
+	kps     map[string][]byte // JSON record; nil: purge
+	poolKPs map[string]bool   // per-pool index key: put (true) or delete
+	pools   map[string][]byte
+	expiry  map[string]bool // index key: put (true) or delete
+	secrets map[string][]byte
+	seen    map[string]uint64
+	journal []journalEntry
+	outbox  []outboxEntry
+	meta    []byte
+	acks    []string
+}
+
+// Everything is encoded by the step stage, which has time to spare while the commit
+// stage writes and syncs: the commit stage only puts bytes, as fast as bbolt can.
+type journalEntry struct {
+	seq  uint64
+	data []byte
+}
+
+type outboxEntry struct {
+	id   string
+	data []byte
+}
+
+func newBatchWrites() *batchWrites {
+	return &batchWrites{
+		kps: map[string][]byte{}, poolKPs: map[string]bool{}, pools: map[string][]byte{},
+		expiry: map[string]bool{}, secrets: map[string][]byte{}, seen: map[string]uint64{},
+	}
+}
+
+func (w *batchWrites) empty() bool {
+	return len(w.kps)+len(w.poolKPs)+len(w.pools)+len(w.expiry)+len(w.secrets)+len(w.seen)+
+		len(w.journal)+len(w.outbox)+len(w.acks)+len(w.meta) == 0
+}
+
+// validate checks, before anything of this step is recorded, that the Ready can be
+// stored: the sequence follows the last one and no live KeyPackage lacks its keys.
+func (v *ovView) validate(in Input, r pool.Ready, allowMissing bool) error {
+	if r.Seq != 0 && r.Seq != v.meta.Seq+1 {
+		return &InputError{EventID: r.Input.ID, Err: ErrSequence,
+			Reason: fmt.Sprintf("step assigned %d, last applied is %d", r.Seq, v.meta.Seq)}
 	}
 	if allowMissing {
 		return nil
@@ -41,94 +76,197 @@ func (v *txView) validate(in Input, r pool.Ready, allowMissing bool) error {
 	return nil
 }
 
-// write stores one accepted step (pool records and Meta at flush). Order matters: secrets first, so that an erasure in
-// the same Ready wins; index deletes before puts, so a moved entry ends up present.
-func (v *txView) write(seal *sealer, in Input, r pool.Ready) error {
+// checkKeys refuses, before anything is recorded, a step whose keys bbolt would refuse
+// at commit time, so that a bad input cannot fail the other inputs of its batch.
+func checkKeys(in Input, r pool.Ready) error {
+	check := func(what, k string) error {
+		switch {
+		case k == "":
+			return fmt.Errorf("%s: %w", what, berrors.ErrKeyRequired)
+		case len(k)+timeKeyLen+65 > bolt.MaxKeySize:
+			return fmt.Errorf("%s: %w", what, berrors.ErrKeyTooLarge)
+		}
+		return nil
+	}
+	for id := range in.Secrets {
+		if err := check("secret id", id); err != nil {
+			return err
+		}
+	}
+	for _, kp := range r.KeyPackages {
+		if err := check("keypackage ref", kp.Ref); err != nil {
+			return err
+		}
+		if err := check("keypackage pool", kp.Pool); err != nil {
+			return err
+		}
+	}
+	for _, p := range r.Pools {
+		if err := check("pool id", p.ID); err != nil {
+			return err
+		}
+	}
+	for _, o := range r.Outbox {
+		if err := check("outbound id", o.ID); err != nil {
+			return err
+		}
+	}
+	if r.Seq != 0 {
+		return check("event id", r.Input.ID)
+	}
+	return nil
+}
+
+// record adds one accepted step to the overlay (for the steps after it) and to the
+// batch (for the commit stage). Order matters: secrets first, so that an erasure in the
+// same Ready wins; index deletes before puts, so a moved entry ends up present.
+func (v *ovView) record(w *batchWrites, seal *sealer, in Input, r pool.Ready) error {
+	o, b := v.ov, v.batch
 	for id, plain := range in.Secrets {
 		sealed, err := seal.seal([]byte(id), plain)
 		if err != nil {
 			return err
 		}
-		if err := v.secrets.Put([]byte(id), sealed); err != nil {
-			return err
-		}
+		w.secrets[id] = sealed
+		o.secrets[id] = op[[]byte]{v: sealed, batch: b}
 	}
 	for _, kp := range r.KeyPackages {
-		if err := putJSON(v.kps, []byte(kp.Ref), kp); err != nil {
+		data, err := json.Marshal(kp)
+		if err != nil {
 			return fmt.Errorf("keypackage %s: %w", kp.Ref, err)
 		}
-		pk := poolKPKey(kp.Pool, kp.Ref)
-		if v.poolKPs.Get(pk) == nil {
-			if err := v.poolKPs.Put(pk, nil); err != nil {
-				return err
-			}
+		if !v.hasKP(kp.Ref) { // new: add it to its pool's index
+			w.poolKPs[string(poolKPKey(kp.Pool, kp.Ref))] = true
 		}
+		w.kps[kp.Ref] = data
+		o.kps[kp.Ref] = op[pool.KeyPackage]{v: kp, batch: b}
 	}
 	for _, ref := range r.Purge {
-		if err := v.purge(ref); err != nil {
+		kp, ok, err := v.KeyPackage(ref)
+		if err != nil {
 			return err
 		}
+		if !ok {
+			continue
+		}
+		w.poolKPs[string(poolKPKey(kp.Pool, ref))] = false
+		w.kps[ref], w.secrets[ref] = nil, nil
+		o.kps[ref] = op[pool.KeyPackage]{del: true, batch: b}
+		o.secrets[ref] = op[[]byte]{del: true, batch: b}
 	}
 	for _, e := range r.IndexDel {
-		if err := v.expiry.Delete(indexKey(e.At, e.Ref)); err != nil {
-			return err
-		}
+		k := string(indexKey(e.At, e.Ref))
+		w.expiry[k] = false
+		o.expiry[k] = op[struct{}]{del: true, batch: b}
 	}
 	for _, e := range r.IndexPut {
-		if err := v.expiry.Put(indexKey(e.At, e.Ref), nil); err != nil {
-			return err
-		}
+		k := string(indexKey(e.At, e.Ref))
+		w.expiry[k] = true
+		o.putExpiry(k, b)
 	}
 	for _, ref := range r.Erase {
-		if err := v.secrets.Delete([]byte(ref)); err != nil {
-			return err
-		}
+		w.secrets[ref] = nil
+		o.secrets[ref] = op[[]byte]{del: true, batch: b}
 	}
 	for _, p := range r.Pools {
-		v.setPool(p) // written by flush, once per transaction
-	}
-	for _, o := range r.Outbox {
-		if err := v.putOutbox(o); err != nil {
-			return err
+		data, err := json.Marshal(p)
+		if err != nil {
+			return fmt.Errorf("pool %s: %w", p.ID, err)
 		}
+		w.pools[p.ID] = data
+		o.pools[p.ID] = op[pool.Pool]{v: p, batch: b}
+	}
+	for _, m := range r.Outbox {
+		w.outbox = append(w.outbox, outboxEntry{m.ID, encodeOutbound(m)})
 	}
 	if r.Seq != 0 {
 		if r.Input.ID != "" {
-			if err := v.seen.Put([]byte(r.Input.ID), seqKey(r.Seq)); err != nil {
-				return err
-			}
+			w.seen[r.Input.ID] = r.Seq
+			o.seen[r.Input.ID] = op[uint64]{v: r.Seq, batch: b}
 		}
-		if err := putJSON(v.journal, seqKey(r.Seq), r.Input); err != nil {
-			return err
+		data, err := json.Marshal(r.Input)
+		if err != nil {
+			return fmt.Errorf("journal entry %d: %w", r.Seq, err)
 		}
+		w.journal = append(w.journal, journalEntry{r.Seq, data})
 	}
 	if r.Seq != 0 || r.Meta != (pool.Meta{}) {
-		v.setMeta(r.Meta)
+		data, err := json.Marshal(r.Meta)
+		if err != nil {
+			return err
+		}
+		*v.meta, w.meta = r.Meta, data
 	}
 	return nil
 }
 
-// purge removes a tombstone entirely: record, per-pool index entry and any leftover
-// ciphertext.
-func (v *txView) purge(ref string) error {
-	kp, ok, err := v.KeyPackage(ref)
-	if err != nil || !ok {
+// writeBatch is the commit stage's work: plain puts and deletes, then outbox acks and
+// journal pruning.
+func writeBatch(tx *bolt.Tx, w *batchWrites, retention int64, pruneLimit int) error {
+	v := newTxView(tx)
+	for id, sealed := range w.secrets {
+		if err := putOrDelete(v.secrets, []byte(id), sealed, sealed != nil); err != nil {
+			return err
+		}
+	}
+	for ref, data := range w.kps {
+		if err := putOrDelete(v.kps, []byte(ref), data, data != nil); err != nil {
+			return err
+		}
+	}
+	for k, put := range w.poolKPs {
+		if err := putOrDelete(v.poolKPs, []byte(k), nil, put); err != nil {
+			return err
+		}
+	}
+	for k, put := range w.expiry {
+		if err := putOrDelete(v.expiry, []byte(k), nil, put); err != nil {
+			return err
+		}
+	}
+	for id, data := range w.pools {
+		if err := v.pools.Put([]byte(id), data); err != nil {
+			return err
+		}
+	}
+	for id, seq := range w.seen {
+		if err := v.seen.Put([]byte(id), seqKey(seq)); err != nil {
+			return err
+		}
+	}
+	for _, j := range w.journal {
+		if err := v.journal.Put(seqKey(j.seq), j.data); err != nil {
+			return err
+		}
+	}
+	for _, o := range w.outbox {
+		if err := v.putOutbox(o.id, o.data); err != nil {
+			return err
+		}
+	}
+	if w.meta != nil {
+		if err := v.meta.Put(kApplied, w.meta); err != nil {
+			return err
+		}
+		v.cachedMeta = nil // pruneJournal reads the new one
+	}
+	if err := v.ackOutbox(w.acks); err != nil {
 		return err
 	}
-	if err := v.poolKPs.Delete(poolKPKey(kp.Pool, ref)); err != nil {
-		return err
+	return v.pruneJournal(retention, pruneLimit)
+}
+
+func putOrDelete(b *bolt.Bucket, k, val []byte, put bool) error {
+	if put {
+		return b.Put(k, val)
 	}
-	if err := v.secrets.Delete([]byte(ref)); err != nil {
-		return err
-	}
-	return v.kps.Delete([]byte(ref))
+	return b.Delete(k)
 }
 
 // putOutbox appends a message; re-emitting an id that is still queued replaces it in
 // place, so one id is published once per confirmation.
-func (v *txView) putOutbox(o events.Outbound) error {
-	data := encodeOutbound(o)
-	if k := v.outboxIDs.Get([]byte(o.ID)); k != nil {
+func (v *txView) putOutbox(id string, data []byte) error {
+	if k := v.outboxIDs.Get([]byte(id)); k != nil {
 		return v.outbox.Put(k, data)
 	}
 	n, err := v.outbox.NextSequence()
@@ -139,7 +277,7 @@ func (v *txView) putOutbox(o events.Outbound) error {
 	if err := v.outbox.Put(k, data); err != nil {
 		return err
 	}
-	return v.outboxIDs.Put([]byte(o.ID), k)
+	return v.outboxIDs.Put([]byte(id), k)
 }
 
 // ackOutbox removes confirmed messages; unknown ids are ignored (already acked).

@@ -45,7 +45,9 @@ type CommitterOptions struct {
 	// Only for replaying a journal into a fresh database.
 	AllowMissingSecrets bool
 
-	onCommit func(inputs int) // tests and benchmarks: called after each committed batch
+	onCommit func(inputs int)   // tests and benchmarks: called after each committed batch
+	onStep   func(batch uint64) // tests: called before each step with its batch number
+	onWrite  func(batch uint64) // tests: called before a batch's transaction
 }
 
 // CommitterStats count committed work since the committer started.
@@ -54,9 +56,12 @@ type CommitterStats struct {
 	Inputs       uint64 // inputs in them (accepted, rejected and duplicates)
 }
 
-// Committer is the single writer. It drains whatever inputs are queued into one bbolt
-// transaction, without waiting for more, so that a lone input commits at once and a
-// burst shares one fsync.
+// Committer is the single writer, a two-stage pipeline (see overlay.go). The step
+// stage takes whatever inputs are queued (up to MaxBatch), without waiting for more,
+// and steps them in order on the committed state plus the effects of the batches still
+// in flight; the commit stage writes each batch in one bbolt transaction. A lone input
+// commits at once; a burst shares one fsync, and the core works on the next batch while
+// the previous one is synced. Submit returns only after its batch committed.
 type Committer struct {
 	s    *Store
 	step StepFunc
@@ -66,6 +71,12 @@ type Committer struct {
 	closed bool
 	reqs   chan *request
 	done   chan struct{}
+
+	toCommit  chan *pending
+	committed atomic.Uint64 // last batch number the commit stage finished
+	epoch     atomic.Uint64 // bumped when a commit fails: in-flight batches are void
+	failMu    sync.Mutex
+	failErr   error // the failure that bumped the epoch
 
 	txs, inputs atomic.Uint64
 
@@ -81,23 +92,34 @@ type request struct {
 	done chan struct{}
 }
 
-// NewCommitter starts the writer goroutine with default options.
+// pending is a stepped batch on its way to the commit stage.
+type pending struct {
+	batch, epoch uint64
+	reqs         []*request
+	results      []Result
+	failed       []error // per input: refused by the store before recording
+	writes       *batchWrites
+}
+
+// NewCommitter starts the committer with default options.
 func NewCommitter(s *Store, step StepFunc) *Committer {
 	return NewCommitterWith(s, step, CommitterOptions{})
 }
 
-// NewCommitterWith starts the writer goroutine.
+// NewCommitterWith starts the committer's goroutines.
 func NewCommitterWith(s *Store, step StepFunc, opts CommitterOptions) *Committer {
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = 512
 	}
 	c := &Committer{
 		s: s, step: step, opts: opts,
-		reqs: make(chan *request, opts.MaxBatch),
-		done: make(chan struct{}),
-		wake: make(chan struct{}, 1),
+		reqs:     make(chan *request, opts.MaxBatch),
+		done:     make(chan struct{}),
+		toCommit: make(chan *pending),
+		wake:     make(chan struct{}, 1),
 	}
-	go c.run()
+	go c.stepStage()
+	go c.commitStage()
 	return c
 }
 
@@ -150,7 +172,7 @@ func (c *Committer) Stats() CommitterStats {
 }
 
 // Close stops accepting inputs, commits those already queued and pending acks, and
-// waits for the writer to finish. It does not close the Store.
+// waits for both stages to finish. It does not close the Store.
 func (c *Committer) Close() error {
 	c.mu.Lock()
 	if !c.closed {
@@ -162,122 +184,214 @@ func (c *Committer) Close() error {
 	return nil
 }
 
-func (c *Committer) run() {
-	defer close(c.done)
-	batch := make([]*request, 0, c.opts.MaxBatch)
+func (c *Committer) takeAcks() []string {
+	c.ackMu.Lock()
+	defer c.ackMu.Unlock()
+	a := c.acks
+	c.acks = nil
+	return a
+}
+
+// stepStage batches queued inputs and steps them. While the commit stage is busy it
+// keeps stepping newly arrived inputs into the batch it holds, so a batch is whatever
+// arrived during the previous commit (up to MaxBatch). It holds a read transaction
+// only while stepping, never while it waits: the commit stage may need every reader
+// gone to grow the file's mapping.
+func (c *Committer) stepStage() {
+	defer close(c.toCommit)
+	st := &stepState{ov: newOverlay(), cache: map[string]pool.Pool{}, fresh: true}
+	var p *pending
+	reqs := c.reqs
 	for {
-		var first *request
+		if p == nil {
+			select {
+			case r, ok := <-reqs:
+				if !ok {
+					if acks := c.takeAcks(); len(acks) > 0 {
+						p = c.newPending(st)
+						p.writes.acks = acks
+						c.toCommit <- p
+					}
+					return
+				}
+				p = c.newPending(st)
+				c.stepInto(st, p, r)
+			case <-c.wake:
+				p = c.newPending(st)
+				p.writes.acks = c.takeAcks()
+			}
+			continue
+		}
+		// Hand over at once when the commit stage is idle (low latency); otherwise
+		// keep stepping arrivals into this batch while it works.
+		select {
+		case c.toCommit <- p:
+			p = nil
+			continue
+		default:
+		}
+		in := reqs
+		if len(p.reqs) >= c.opts.MaxBatch {
+			in = nil // full: only hand over
+		}
+		select {
+		case c.toCommit <- p:
+			p = nil
+		case r, ok := <-in:
+			if !ok {
+				c.toCommit <- p
+				p, reqs = nil, nil
+				if acks := c.takeAcks(); len(acks) > 0 {
+					p = c.newPending(st)
+					p.writes.acks = acks
+					c.toCommit <- p
+				}
+				return
+			}
+			c.stepInto(st, p, r)
+		case <-c.wake:
+			p.writes.acks = append(p.writes.acks, c.takeAcks()...)
+		}
+	}
+}
+
+// stepState is the step stage's memory: the overlay of uncommitted batches, decoded
+// committed pool records, and the latest Meta.
+type stepState struct {
+	ov           *overlay
+	cache        map[string]pool.Pool
+	meta         pool.Meta
+	fresh        bool // meta must be read from the snapshot
+	batch, epoch uint64
+}
+
+func (c *Committer) newPending(st *stepState) *pending {
+	if e := c.epoch.Load(); e != st.epoch {
+		// A commit failed: what the overlay holds never reached the file.
+		st.ov, st.epoch, st.fresh = newOverlay(), e, true
+		clear(st.cache)
+	}
+	st.batch++
+	return &pending{batch: st.batch, epoch: st.epoch, writes: newBatchWrites()}
+}
+
+// stepInto steps r and whatever else is queued (up to MaxBatch) into p, on a fresh
+// snapshot plus the overlay.
+func (c *Committer) stepInto(st *stepState, p *pending, first *request) {
+	batch := []*request{first}
+drain:
+	for len(p.reqs)+len(batch) < c.opts.MaxBatch {
 		select {
 		case r, ok := <-c.reqs:
 			if !ok {
-				c.commit(nil) // pending acks
-				return
-			}
-			first = r
-		case <-c.wake:
-			c.commit(nil)
-			continue
-		}
-		batch = append(batch[:0], first)
-	drain:
-		for len(batch) < c.opts.MaxBatch {
-			select {
-			case r, ok := <-c.reqs:
-				if !ok {
-					break drain
-				}
-				batch = append(batch, r)
-			default:
 				break drain
 			}
+			batch = append(batch, r)
+		default:
+			break drain
 		}
-		c.commit(batch)
-		clear(batch)
+	}
+	committed := c.committed.Load() // before the snapshot: it holds at least these
+	tx, err := c.s.db.Begin(false)
+	if err == nil {
+		defer tx.Rollback()
+		r := newTxView(tx)
+		if st.fresh {
+			if st.meta, err = r.Meta(); err == nil {
+				st.fresh = false
+			}
+		}
+		st.ov.trim(committed, st.cache)
+	}
+	v := &ovView{r: newTxViewOrNil(tx, err), ov: st.ov, meta: &st.meta, cache: st.cache, batch: p.batch}
+	for _, req := range batch {
+		var res Result
+		ferr := err
+		if ferr == nil {
+			if c.opts.onStep != nil {
+				c.opts.onStep(p.batch)
+			}
+			res, ferr = c.apply(v, p.writes, req.in)
+		}
+		p.reqs = append(p.reqs, req)
+		p.results = append(p.results, res)
+		p.failed = append(p.failed, ferr)
 	}
 }
 
-// errAbort rolls back a transaction in which one input failed to write; the batch is
-// retried without it (steps are pure, re-running them is safe).
-var errAbort = errors.New("abort batch")
-
-func (c *Committer) commit(batch []*request) {
-	c.ackMu.Lock()
-	acks := c.acks
-	c.acks = nil
-	c.ackMu.Unlock()
-	if len(batch) == 0 && len(acks) == 0 {
-		return
+func newTxViewOrNil(tx *bolt.Tx, err error) *txView {
+	if err != nil {
+		return nil
 	}
-	failed := make(map[int]error)
-	for {
-		results := make([]Result, len(batch))
-		bad, badErr := -1, error(nil)
-		err := c.s.db.Update(func(tx *bolt.Tx) error {
-			v := newTxView(tx)
-			for i, r := range batch {
-				if failed[i] != nil {
-					continue
-				}
-				res, werr := c.apply(v, r.in)
-				if werr != nil {
-					bad, badErr = i, werr
-					return errAbort
-				}
-				results[i] = res
+	return newTxView(tx)
+}
+
+// commitStage writes each batch in one transaction, in order, and answers its inputs.
+func (c *Committer) commitStage() {
+	defer close(c.done)
+	for p := range c.toCommit {
+		var err error
+		switch {
+		case p.epoch != c.epoch.Load():
+			c.failMu.Lock()
+			err = fmt.Errorf("an earlier batch this one was stepped on failed to commit: %w", c.failErr)
+			c.failMu.Unlock()
+		case !p.writes.empty():
+			if c.opts.onWrite != nil {
+				c.opts.onWrite(p.batch)
 			}
-			if err := v.flush(); err != nil {
-				return err
+			err = c.s.db.Update(func(tx *bolt.Tx) error {
+				return writeBatch(tx, p.writes, int64(c.s.opts.JournalRetention), 4*len(p.reqs)+64)
+			})
+			if err != nil {
+				c.failMu.Lock()
+				c.failErr = err
+				c.failMu.Unlock()
+				c.epoch.Add(1)
 			}
-			if err := v.ackOutbox(acks); err != nil {
-				return err
-			}
-			return v.pruneJournal(int64(c.s.opts.JournalRetention), 4*len(batch)+64)
-		})
-		if bad >= 0 {
-			failed[bad] = badErr
-			for _, res := range results {
-				clear(res.Revealed)
-			}
-			continue
 		}
-		for i, r := range batch {
+		for i, r := range p.reqs {
 			switch {
-			case failed[i] != nil:
-				r.err = fmt.Errorf("store event %q: %w", r.in.Event.ID, failed[i])
 			case err != nil:
 				r.err = fmt.Errorf("commit: %w", err)
+				clear(p.results[i].Revealed)
+			case p.failed[i] != nil:
+				r.err = fmt.Errorf("store event %q: %w", r.in.Event.ID, p.failed[i])
 			default:
-				r.res = results[i]
+				r.res = p.results[i]
 			}
 			close(r.done)
 		}
-		if err == nil && len(batch) > 0 {
+		if err != nil {
+			if len(p.writes.acks) > 0 {
+				c.ackMu.Lock()
+				c.acks = append(p.writes.acks, c.acks...)
+				c.ackMu.Unlock()
+			}
+			continue
+		}
+		c.committed.Store(p.batch)
+		if len(p.reqs) > 0 {
 			c.txs.Add(1)
-			c.inputs.Add(uint64(len(batch)))
+			c.inputs.Add(uint64(len(p.reqs)))
 			if c.opts.onCommit != nil {
-				c.opts.onCommit(len(batch))
+				c.opts.onCommit(len(p.reqs))
 			}
 		}
-		if err != nil && len(acks) > 0 {
-			c.ackMu.Lock()
-			c.acks = append(acks, c.acks...)
-			c.ackMu.Unlock()
-		}
-		return
 	}
 }
 
-// apply runs one step on the transaction's view and writes its Ready. A rejection is
-// returned in Result.Err with nothing written; an error return means a write failed
-// part-way and the transaction must be rolled back.
-func (c *Committer) apply(v *txView, in Input) (res Result, err error) {
+// apply runs one step on the view and records its Ready. A rejection is returned in
+// Result.Err with nothing recorded; an error return refuses the input (nothing of it
+// recorded) without affecting the others.
+func (c *Committer) apply(v *ovView, w *batchWrites, in Input) (res Result, err error) {
 	r, serr := c.safeStep(v, in.Event)
 	if serr != nil {
 		return Result{Err: serr}, nil
 	}
 	res.Ready = r
 	if in.Reveal != "" {
-		plain, rerr := c.s.secretIn(v, in.Reveal)
+		plain, rerr := c.s.secretFrom(v.sealed(in.Reveal), in.Reveal)
 		switch {
 		case rerr == nil:
 			res.Revealed = plain
@@ -294,7 +408,12 @@ func (c *Committer) apply(v *txView, in Input) (res Result, err error) {
 		clear(res.Revealed)
 		return Result{Err: verr}, nil
 	}
-	if werr := v.write(c.s.seal, in, r); werr != nil {
+	if kerr := checkKeys(in, r); kerr != nil {
+		clear(res.Revealed)
+		return Result{}, kerr
+	}
+	if werr := v.record(w, c.s.seal, in, r); werr != nil {
+		clear(res.Revealed)
 		return Result{}, werr
 	}
 	return res, nil

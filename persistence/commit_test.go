@@ -14,21 +14,21 @@ import (
 )
 
 // gatedStep blocks the step of event "block" until release is closed, so that the
-// inputs submitted meanwhile queue up and commit as one batch. It records the bbolt
-// transaction id each event was stepped in.
+// inputs submitted meanwhile queue up and commit as one batch. It records the batch
+// (one bbolt transaction) each event was stepped in.
 type gatedStep struct {
 	entered, release chan struct{}
 	mu               sync.Mutex
-	txOf             map[string]int
+	txOf             map[string]uint64
 }
 
 func newGatedStep() *gatedStep {
-	return &gatedStep{entered: make(chan struct{}), release: make(chan struct{}), txOf: map[string]int{}}
+	return &gatedStep{entered: make(chan struct{}), release: make(chan struct{}), txOf: map[string]uint64{}}
 }
 
 func (g *gatedStep) step(v pool.View, ev events.Event) (pool.Ready, error) {
 	g.mu.Lock()
-	g.txOf[ev.ID] = v.(*txView).tx.ID()
+	g.txOf[ev.ID] = v.(*ovView).batch
 	g.mu.Unlock()
 	if ev.ID == "block" {
 		close(g.entered)
@@ -37,7 +37,7 @@ func (g *gatedStep) step(v pool.View, ev events.Event) (pool.Ready, error) {
 	return fakeStep(v, ev)
 }
 
-func (g *gatedStep) tx(id string) int {
+func (g *gatedStep) tx(id string) uint64 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.txOf[id]
@@ -324,5 +324,78 @@ func TestRawWritesMirrorStore(t *testing.T) {
 		if len(want[b]) > len(keys) {
 			t.Errorf("bucket %s: raw baseline writes %d keys, store holds %d", b, len(want[b]), len(keys))
 		}
+	}
+}
+
+// A batch stepped on top of one whose commit then fails saw state that never reached
+// the file: it fails too, and the next input is stepped on the committed state.
+func TestFailedCommitVoidsTheBatchSteppedOnIt(t *testing.T) {
+	db, key := testPaths(t)
+	s, err := Open(db, Options{KeyFile: key, MaxSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var mu sync.Mutex
+	stepped := map[uint64]int{}
+	gate, atGate := make(chan struct{}), make(chan struct{})
+	c := NewCommitterWith(s, fakeStep, CommitterOptions{
+		onStep: func(b uint64) { mu.Lock(); stepped[b]++; mu.Unlock() },
+		onWrite: func(b uint64) {
+			if b == 2 {
+				close(atGate)
+				<-gate
+			}
+		},
+	})
+	defer c.Close()
+	submitOK(t, c, regInput("r1", "p1")) // batch 1
+	big := genInput("g1", "p1", refOf(1), t0)
+	big.Secrets[refOf(1)] = make([]byte, 2<<20) // outgrows MaxSize: batch 2 fails
+	var bigErr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _, bigErr = c.Submit(context.Background(), big) }()
+	<-atGate
+	// Batch 3 is stepped while batch 2 waits to be written: it sees g1.
+	var next outcome
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		res, err := c.Submit(context.Background(), Input{Event: evRef("a1", events.TypeUploadAck, "p1", refOf(1), t0)})
+		next = outcome{res, err}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := stepped[3]
+		mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("second input never stepped")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(gate)
+	wg.Wait()
+	if !errors.Is(bigErr, berrors.ErrMaxSizeReached) {
+		t.Fatalf("big input: %v, want the commit's error", bigErr)
+	}
+	if next.err == nil || !errors.Is(next.err, berrors.ErrMaxSizeReached) || !strings.Contains(next.err.Error(), "earlier batch") {
+		t.Fatalf("input stepped on the failed batch: %+v, want it failed", next)
+	}
+	if _, ok, _ := s.KeyPackage(refOf(1)); ok {
+		t.Fatal("record of the failed batch stored")
+	}
+	// The committer recovers: the next input sees the committed state (no g1).
+	res := submit(t, c, Input{Event: evRef("a1b", events.TypeUploadAck, "p1", refOf(1), t0)})
+	var rej *pool.RejectError
+	if !errors.As(res.Err, &rej) || rej.Code != pool.CodeUnknownRef {
+		t.Fatalf("after the failure: %v, want unknown_ref (g1 was never stored)", res.Err)
+	}
+	if res := submitOK(t, c, genInput("g2", "p1", refOf(2), t0)); res.Ready.Seq != 2 {
+		t.Fatalf("Seq after the failure = %d, want 2", res.Ready.Seq)
 	}
 }

@@ -136,10 +136,13 @@ func (s *Store) HasSecret(id string) (ok bool, err error) {
 func (s *Store) HasKey() bool { return s.seal != nil }
 
 func (s *Store) secretIn(v *txView, id string) ([]byte, error) {
+	return s.secretFrom(v.secrets.Get([]byte(id)), id)
+}
+
+func (s *Store) secretFrom(sealed []byte, id string) ([]byte, error) {
 	if s.seal == nil {
 		return nil, &SecretError{ID: id, Err: ErrNoKey}
 	}
-	sealed := v.secrets.Get([]byte(id))
 	if sealed == nil {
 		return nil, &SecretError{ID: id, Err: ErrNotFound}
 	}

@@ -36,6 +36,8 @@ type Options struct {
 	NoSync bool
 }
 
+const initialMmap = 1 << 30
+
 // DefaultTimeout is the lock wait when Options.Timeout is zero.
 const DefaultTimeout = time.Second
 
@@ -63,6 +65,10 @@ func Open(path string, opts Options) (*Store, error) {
 		// Read-only tools report free pages (bytes that may linger, docs/storage.md).
 		PreLoadFreelist: opts.ReadOnly,
 		FreelistType:    bolt.FreelistMapType,
+		// Growing the mapping waits for every read transaction to end; the step stage
+		// and API readers hold them all the time. Address space is cheap: map 1 GiB up
+		// front so that growth rarely stalls a commit.
+		InitialMmapSize: initialMmap,
 	})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open %s: %w (lock not acquired within %v)", path, ErrLocked, opts.Timeout)

@@ -11,20 +11,13 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// txView implements pool.View over a bbolt transaction. In a write transaction it sees
-// the writes of the steps applied before it in the same transaction.
+// txView implements pool.View over a bbolt transaction: the committed state, for reads
+// (API, tools) and as the snapshot under the committer's overlay (overlay.go).
 type txView struct {
 	tx                                               *bolt.Tx
 	meta, pools, kps, poolKPs, expiry, secrets, seen *bolt.Bucket
 	journal, outbox, outboxIDs                       *bolt.Bucket
 	cachedMeta                                       *pool.Meta
-
-	// Write-behind for the records every step rewrites: a pool record and Meta are
-	// decoded at most once and encoded once per transaction, however many steps of
-	// the batch touch them. flush writes them before commit.
-	poolCache  map[string]pool.Pool
-	dirtyPools map[string]bool
-	metaDirty  bool
 }
 
 var _ pool.View = (*txView)(nil)
@@ -60,12 +53,7 @@ func (v *txView) Meta() (pool.Meta, error) {
 	return m, nil
 }
 
-// Pool returns the cached record when this transaction read or wrote it. Its maps
-// and slices are shared with the cache: the core copies what it changes.
 func (v *txView) Pool(id string) (pool.Pool, bool, error) {
-	if p, ok := v.poolCache[id]; ok {
-		return p, true, nil
-	}
 	var p pool.Pool
 	b := v.pools.Get([]byte(id))
 	if b == nil {
@@ -74,41 +62,7 @@ func (v *txView) Pool(id string) (pool.Pool, bool, error) {
 	if err := json.Unmarshal(b, &p); err != nil {
 		return p, false, fmt.Errorf("pool record %q: %w", id, err)
 	}
-	if v.poolCache == nil {
-		v.poolCache = map[string]pool.Pool{}
-	}
-	v.poolCache[id] = p
 	return p, true, nil
-}
-
-func (v *txView) setPool(p pool.Pool) {
-	if v.poolCache == nil {
-		v.poolCache, v.dirtyPools = map[string]pool.Pool{}, map[string]bool{}
-	} else if v.dirtyPools == nil {
-		v.dirtyPools = map[string]bool{}
-	}
-	v.poolCache[p.ID] = p
-	v.dirtyPools[p.ID] = true
-}
-
-func (v *txView) setMeta(m pool.Meta) {
-	v.cachedMeta = &m
-	v.metaDirty = true
-}
-
-// flush writes the pool records and Meta changed in this transaction.
-func (v *txView) flush() error {
-	for id := range v.dirtyPools {
-		if err := putJSON(v.pools, []byte(id), v.poolCache[id]); err != nil {
-			return fmt.Errorf("pool %s: %w", id, err)
-		}
-	}
-	clear(v.dirtyPools)
-	if v.metaDirty {
-		v.metaDirty = false
-		return putJSON(v.meta, kApplied, *v.cachedMeta)
-	}
-	return nil
 }
 
 func (v *txView) KeyPackage(ref string) (pool.KeyPackage, bool, error) {
@@ -133,7 +87,7 @@ func (v *txView) Due(until time.Time, fn func(pool.IndexEntry) bool) error {
 		}
 		at, ref, ok := parseIndexKey(k)
 		if !ok {
-			return fmt.Errorf("expiry index: malformed key %x", k)
+			return errMalformedIndex(string(k))
 		}
 		if !fn(pool.IndexEntry{At: at, Ref: ref}) {
 			return nil
@@ -162,3 +116,5 @@ func seqOf(b []byte) uint64 {
 	}
 	return binary.BigEndian.Uint64(b)
 }
+
+func errMalformedIndex(k string) error { return fmt.Errorf("expiry index: malformed key %x", k) }
