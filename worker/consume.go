@@ -43,8 +43,18 @@ func (w *Worker) consumeLoop() {
 		go func() {
 			select {
 			case <-w.ctx.Done():
-				it.Drain()
 			case <-stopped:
+				return
+			}
+			if !w.nc.IsConnected() {
+				it.Stop() // nothing more can arrive; unacked messages are redelivered later
+				return
+			}
+			it.Drain()
+			select { // a drain needs the server; do not wait on it forever
+			case <-stopped:
+			case <-time.After(3 * time.Second):
+				it.Stop()
 			}
 		}()
 		w.drainIterator(it)
@@ -223,6 +233,11 @@ func codeOf(err error) (code, reason string) {
 func (w *Worker) ack(msg jetstream.Msg) {
 	// DoubleAck waits for the server's confirmation, so a lost ack cannot turn into a
 	// silent redelivery loop; a redelivery would be deduplicated anyway.
+	if !w.nc.IsConnected() {
+		// Buffered until the reconnect; if it is lost, the redelivery is deduplicated.
+		_ = msg.Ack()
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := msg.DoubleAck(ctx); err != nil {

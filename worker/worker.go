@@ -239,8 +239,10 @@ func (w *Worker) shutdown() {
 		if w.svc != nil {
 			errs = append(errs, w.svc.Stop())
 		}
+		w.log.Debug("shutdown: API stopped")
 		w.stop()
 		w.loops.Wait()
+		w.log.Debug("shutdown: loops stopped")
 		if w.nc != nil && w.store != nil && w.nc.IsConnected() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			if err := w.relayOnce(ctx); err != nil {
@@ -251,6 +253,7 @@ func (w *Worker) shutdown() {
 		if w.committer != nil {
 			errs = append(errs, w.committer.Close())
 		}
+		w.log.Debug("shutdown: committer closed")
 		if w.httpSrv != nil {
 			errs = append(errs, w.httpSrv.Close())
 		}
