@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -206,4 +207,27 @@ func mustJSON(t *testing.T, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestEnsureStreamsKeepsOperatorSettings: an existing stream keeps its limits; missing
+// subjects are added.
+func TestEnsureStreamsKeepsOperatorSettings(t *testing.T) {
+	_, js, _ := bus(t)
+	ctx := context.Background()
+	names := natsbus.StreamNames("kpool")
+	st, _ := js.Stream(ctx, names.Outbound)
+	cfg := st.CachedInfo().Config
+	cfg.MaxAge = time.Hour
+	cfg.Subjects = []string{"kpool.upload.>"}
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := natsbus.EnsureStreams(ctx, js, events.Subjects{Prefix: "kpool"}, natsbus.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = js.Stream(ctx, names.Outbound)
+	got := st.CachedInfo().Config
+	if got.MaxAge != time.Hour || len(got.Subjects) != 5 || !slices.Contains(got.Subjects, "kpool.deadletter") {
+		t.Fatalf("stream after EnsureStreams: max age %v subjects %v", got.MaxAge, got.Subjects)
+	}
 }

@@ -111,16 +111,44 @@ func StreamConfigs(s events.Subjects, o StreamOptions) []jetstream.StreamConfig 
 // ErrNoJetStream means the NATS server does not have JetStream enabled.
 var ErrNoJetStream = errors.New("natsbus: JetStream is not enabled on the NATS server (kpool needs it)")
 
-// EnsureStreams creates kpool's streams if absent and updates them if their configuration
-// changed. It is idempotent; the worker calls it on every start.
+// EnsureStreams creates kpool's streams if absent. An existing stream is left as the
+// operator configured it (replicas, limits, placement), except that its subjects are
+// extended when kpool's are missing. It is idempotent; the worker calls it on every start.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, s events.Subjects, o StreamOptions) error {
 	for _, cfg := range StreamConfigs(s, o) {
-		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
-			if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
-				return ErrNoJetStream
+		st, err := js.Stream(ctx, cfg.Name)
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			_, err = js.CreateStream(ctx, cfg)
+		case err == nil:
+			existing := st.CachedInfo().Config
+			if missing := missingSubjects(existing.Subjects, cfg.Subjects); len(missing) > 0 {
+				existing.Subjects = append(existing.Subjects, missing...)
+				_, err = js.UpdateStream(ctx, existing)
 			}
-			return fmt.Errorf("natsbus: create stream %s: %w", cfg.Name, err)
+		}
+		if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+			return ErrNoJetStream
+		}
+		if err != nil {
+			return fmt.Errorf("natsbus: stream %s: %w", cfg.Name, err)
 		}
 	}
 	return nil
+}
+
+func missingSubjects(have, want []string) []string {
+	var out []string
+	for _, w := range want {
+		found := false
+		for _, h := range have {
+			if h == w {
+				found = true
+			}
+		}
+		if !found {
+			out = append(out, w)
+		}
+	}
+	return out
 }
