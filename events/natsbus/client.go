@@ -129,7 +129,8 @@ func (c *Client) ExpiryTick(ctx context.Context, pool string, t time.Time) error
 	return err
 }
 
-// Replenish asks kpool to top a pool up to its target now.
+// ReplenishEvent publishes a replenish event: top a pool up to its target now. Replenish
+// does the same through the API and returns the status after.
 func (c *Client) ReplenishEvent(ctx context.Context, pool string) error {
 	_, err := c.Publish(ctx, events.Event{Type: events.TypeReplenish, Pool: pool})
 	return err

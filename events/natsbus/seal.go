@@ -86,10 +86,10 @@ func (c *Client) Register(ctx context.Context, pool string, req RegisterRequest,
 	return out, nil
 }
 
-// Take consumes a KeyPackage and returns its private bundle (mls.PrivateBundle bytes:
-// init, encryption and signature-independent private keys), opened with a fresh
-// recipient key that never leaves this process. The KeyPackage's private keys are erased
-// in kpool once the answer is sent: keep the bundle.
+// Take consumes a KeyPackage and returns its private bundle (the encoding of
+// mls.PrivateBundle: the HPKE private keys of init_key and encryption_key), opened with a
+// fresh recipient key that never leaves this process. kpool erases its copy in the same
+// step (except for a last-resort KeyPackage, which stays reusable): keep the bundle.
 func (c *Client) Take(ctx context.Context, pool, ref string, suite uint16) ([]byte, error) {
 	k, err := NewRecipientKey(suite)
 	if err != nil {
