@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -196,4 +197,42 @@ func TestEndToEnd(t *testing.T) {
 	if ok, err := w.Store().HasSecret(old[len(old)-1]); err != nil || ok {
 		t.Fatalf("private keys of a deleted KeyPackage still stored (err %v)", err)
 	}
+}
+
+// TestLastResortAlert: claiming the last-resort KeyPackage raises last_resort_used on the
+// alerts subject, and a replacement is generated and uploaded.
+func TestLastResortAlert(t *testing.T) {
+	ns := startNATS(t)
+	w := startWorker(t, ns.URL(), t.TempDir(), newClock())
+	_, c := connect(t, ns.URL())
+	ds := startDS(t, c, true)
+	alerts := make(chan events.Alert, 16)
+	stop, err := c.SubscribeAlerts("alice", func(a events.Alert) { alerts <- a })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	if _, err := c.Register(ctx(t), "alice", natsbus.RegisterRequest{Identity: "alice", CipherSuite: 3}, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "pool full", func() bool { p := poolRecord(t, w, "alice"); return p.Fresh == 10 && p.LastResort != "" })
+	lr := ds.refs("alice", true)
+	if len(lr) != 1 {
+		t.Fatalf("%d last-resort uploads", len(lr))
+	}
+	if err := c.Claimed(ctx(t), "alice", lr[0]); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case a := <-alerts:
+		if a.Kind != events.AlertLastResortUsed || !strings.Contains(a.Detail, lr[0]) {
+			t.Fatalf("alert %+v", a)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no last_resort_used alert")
+	}
+	eventually(t, 10*time.Second, "replacement last resort", func() bool {
+		p := poolRecord(t, w, "alice")
+		return len(ds.refs("alice", true)) == 2 && p.LastResort != lr[0] && p.LastResort != ""
+	})
 }
