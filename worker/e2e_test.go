@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -186,6 +187,12 @@ func TestEndToEnd(t *testing.T) {
 	if err != nil || kpi.State != string(fsm.Expired) {
 		t.Fatalf("old KeyPackage after expiry: %q %v", kpi.State, err)
 	}
+	// Expired available KeyPackages are withdrawn from the DS.
+	eventually(t, 10*time.Second, "withdrawals", func() bool {
+		ds.mu.Lock()
+		defer ds.mu.Unlock()
+		return slices.Contains(ds.withdrawn, old[len(old)-1])
+	})
 	at = clock.Advance(14 * 24 * time.Hour) // past not_after (84d) + grace (7d)
 	if err := c.ExpiryTick(ctx(t), "", at); err != nil {
 		t.Fatal(err)
