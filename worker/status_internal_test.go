@@ -1,0 +1,51 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/events/natsbus"
+	"github.com/nats-io/nats.go"
+)
+
+// TestRecordStatusMatchesPublished: the fallback status built from a pool record equals
+// the one the core published, field for field (except Time: the record has none).
+func TestRecordStatusMatchesPublished(t *testing.T) {
+	w, err := Start(context.Background(), Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	nc, err := nats.Connect(w.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	c, _ := natsbus.NewClient(nc)
+	if _, err := c.Register(context.Background(), "alice", natsbus.RegisterRequest{Identity: "alice", CipherSuite: 1, Policy: events.Policy{Target: 5, LowWatermark: 2, HardCap: 10}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		p, _, _ := w.store.Pool("alice")
+		st, found, err := c.LastStatus(context.Background(), "alice")
+		if err == nil && found && p.Requested == 0 && !p.LastResortRequested && st.Seq == p.StatusSeq {
+			meta, _ := w.store.Meta()
+			got := recordStatus(p, meta)
+			got.Time = st.Time
+			a, _ := json.Marshal(got)
+			b, _ := json.Marshal(st)
+			if string(a) != string(b) {
+				t.Fatalf("record status\n%s\npublished\n%s", a, b)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pool did not settle: %+v %v %v", st, found, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
