@@ -52,11 +52,17 @@ func runClient(args ...string) (code int, stdout, stderr string) {
 // stops it as a signal would.
 func TestRunAndClientCommands(t *testing.T) {
 	dir := t.TempDir()
+	// A non-default prefix from the environment, for the worker and every client command.
+	t.Setenv("KPOOL_SUBJECT_PREFIX", "acme.kpool")
+	policy := filepath.Join(dir, "policy.json")
+	if err := os.WriteFile(policy, []byte(`{"target": 6, "low_watermark": 2, "hard_cap": 12}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	stdout, stderr := newSyncBuffer(), newSyncBuffer()
 	done := make(chan int, 1)
 	go func() {
-		done <- runWorkerCtx(ctx, []string{"--data", dir, "--listen", "127.0.0.1:0", "--tick", "0", "--metrics", "127.0.0.1:0"}, stdout, stderr)
+		done <- runWorkerCtx(ctx, []string{"--data", dir, "--listen", "127.0.0.1:0", "--tick", "0", "--metrics", "127.0.0.1:0", "--config", policy}, stdout, stderr)
 	}()
 	urlRE := regexp.MustCompile(`NATS (nats://\S+),`)
 	var url string
@@ -75,13 +81,20 @@ func TestRunAndClientCommands(t *testing.T) {
 	}
 
 	keyFile := filepath.Join(dir, "alice.sig")
-	code, out, errOut := runClient("pool", "register", "alice", "--nats-url", url, "--identity", "alice@example.org",
-		"--target", "6", "--low-watermark", "2", "--hard-cap", "12", "--key-out", keyFile)
+	if !strings.Contains(stdout.String(), "subjects acme.kpool.>") {
+		t.Fatalf("worker does not use the prefix from the environment: %s", stdout.String())
+	}
+	// --config gave the defaults; the register flags override them per pool.
+	code, out, errOut := runClient("pool", "register", "bob", "--nats-url", url, "--identity", "bob", "--target", "3")
+	var info natsbus.PoolInfo
+	if code != 0 || json.Unmarshal([]byte(out), &info) != nil || info.Status == nil || info.Status.Target != 3 || info.Status.HardCap != 12 {
+		t.Fatalf("pool register bob: %d %s %s", code, out, errOut)
+	}
+	code, out, errOut = runClient("pool", "register", "alice", "--nats-url", url, "--identity", "alice@example.org", "--key-out", keyFile)
 	if code != 0 {
 		t.Fatalf("pool register: %d %s", code, errOut)
 	}
-	var info natsbus.PoolInfo
-	if err := json.Unmarshal([]byte(out), &info); err != nil || !info.Created || info.Policy.Target != 6 {
+	if err := json.Unmarshal([]byte(out), &info); err != nil || !info.Created || info.Status.Target != 6 {
 		t.Fatalf("pool register output: %v\n%s", err, out)
 	}
 	key, err := os.ReadFile(keyFile)
@@ -99,7 +112,9 @@ func TestRunAndClientCommands(t *testing.T) {
 	dsCtx, dsStop := context.WithCancel(context.Background())
 	dsOut, dsErr := newSyncBuffer(), newSyncBuffer()
 	dsDone := make(chan int, 1)
-	go func() { dsDone <- dsSimulateCtx(dsCtx, []string{"--nats-url", url, "--claim", "2"}, dsOut, dsErr) }()
+	go func() {
+		dsDone <- dsSimulateCtx(dsCtx, []string{"--nats-url", url, "--claim", "2", "--pool", "alice"}, dsOut, dsErr)
+	}()
 	var st events.Status
 	deadline = time.Now().Add(20 * time.Second)
 	for {
@@ -119,7 +134,7 @@ func TestRunAndClientCommands(t *testing.T) {
 	if code := <-dsDone; code != 0 || strings.Count(dsOut.String(), "claimed ") != 2 {
 		t.Fatalf("ds simulate: exit %d\n%s", code, dsOut.String())
 	}
-	if code, out, _ = runClient("pool", "list", "--nats-url", url); code != 0 || !strings.Contains(out, "alice") {
+	if code, out, _ = runClient("pool", "list", "--nats-url", url); code != 0 || !strings.Contains(out, "alice") || !strings.Contains(out, "bob") {
 		t.Fatalf("pool list: %d %s", code, out)
 	}
 	if code, _, errOut = runClient("pool", "replenish", "alice", "--nats-url", url); code != 0 {
