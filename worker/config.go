@@ -94,6 +94,9 @@ func (c Config) withDefaults() (Config, error) {
 		d := pool.DefaultConfig()
 		c.Defaults = &d
 	}
+	if err := (&pool.Core{Defaults: *c.Defaults}).Effective(events.Policy{}).Validate(); err != nil {
+		return c, fmt.Errorf("%w: default pool policy: %v", ErrConfig, err)
+	}
 	if c.MaxSkew <= 0 {
 		c.MaxSkew = 5 * time.Minute
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/events/natsbus"
 	"github.com/kpool/kpool/persistence"
+	"github.com/kpool/kpool/pool"
 	"github.com/kpool/kpool/worker"
 	"github.com/nats-io/nats.go/jetstream"
 	dto "github.com/prometheus/client_model/go"
@@ -225,6 +226,11 @@ func TestStartFailureCleansUp(t *testing.T) {
 	}
 	if _, err := worker.Start(context.Background(), worker.Config{}); !errors.Is(err, worker.ErrConfig) {
 		t.Fatalf("start without a data directory: %v", err)
+	}
+	bad := pool.DefaultConfig()
+	bad.Target, bad.HardCap = 50, 10
+	if _, err := worker.Start(context.Background(), worker.Config{DataDir: dir, Defaults: &bad}); !errors.Is(err, worker.ErrConfig) || !strings.Contains(err.Error(), "default pool policy") {
+		t.Fatalf("start with an invalid default policy: %v", err)
 	}
 	ns := startNATS(t)
 	// The embedded server on a busy port fails at once with the reason.
