@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/events/natsbus"
 	"github.com/kpool/kpool/pool"
 	"github.com/nats-io/nats.go"
 )
@@ -36,6 +37,9 @@ type Config struct {
 	// -1 picks a free port).
 	Listen string
 
+	// Streams bounds the JetStream streams the worker creates when they are absent
+	// (replicas, retention); existing streams keep their settings.
+	Streams natsbus.StreamOptions
 	// Prefix is the subject prefix (default "kpool").
 	Prefix string
 	// Tick is the period of the worker's own expiry_tick events; 0 disables the ticker

@@ -97,7 +97,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	if err := w.connect(); err != nil {
 		return nil, err
 	}
-	if err := natsbus.EnsureStreams(ctx, w.js, w.subj, natsbus.StreamOptions{}); err != nil {
+	if err := natsbus.EnsureStreams(ctx, w.js, w.subj, cfg.Streams); err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
 	}
 	w.cons, err = w.js.CreateOrUpdateConsumer(ctx, w.streams.Events, jetstream.ConsumerConfig{

@@ -10,11 +10,13 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/events/natsbus"
 	"github.com/kpool/kpool/pool"
 	"github.com/kpool/kpool/worker"
 	"github.com/nats-io/nats.go"
@@ -128,6 +130,7 @@ func runWorkerCtx(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	config := fs.String("config", envOr("KPOOL_CONFIG", ""), "JSON file with the default pool policy [KPOOL_CONFIG]")
 	metricsAddr := fs.String("metrics", envOr("KPOOL_METRICS", ""), "serve Prometheus metrics on HOST:PORT/metrics [KPOOL_METRICS]")
 	maxSkewStr := fs.String("max-skew", envOr("KPOOL_MAX_SKEW", "5m"), "refuse events timed further than this ahead of the clock [KPOOL_MAX_SKEW]")
+	replicasStr := fs.String("replicas", envOr("KPOOL_REPLICAS", "1"), "replicas of the streams kpool creates (clusters) [KPOOL_REPLICAS]")
 	logLevel := fs.String("log-level", envOr("KPOOL_LOG_LEVEL", "info"), "debug, info, warn or error [KPOOL_LOG_LEVEL]")
 	logJSON := fs.Bool("log-json", envOr("KPOOL_LOG_JSON", "") != "", "log JSON instead of text [KPOOL_LOG_JSON]")
 	if err := fs.Parse(args); err != nil {
@@ -142,6 +145,10 @@ func runWorkerCtx(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return fail(fmt.Errorf("--max-skew %q: %w", *maxSkewStr, err))
 	}
+	replicas, err := strconv.Atoi(*replicasStr)
+	if err != nil || replicas < 1 || replicas > 5 {
+		return fail(fmt.Errorf("--replicas %q: a number from 1 to 5", *replicasStr))
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fail(fmt.Errorf("--log-level %q: %w", *logLevel, err))
@@ -154,7 +161,8 @@ func runWorkerCtx(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		logger = slog.New(slog.NewTextHandler(stderr, hopts))
 	}
 	cfg := worker.Config{DataDir: *data, KeyFile: *keyFile, NATSURL: cf.url, Listen: *listen, Prefix: cf.prefix,
-		Tick: tick, MaxSkew: maxSkew, MetricsAddr: *metricsAddr, Logger: logger}
+		Tick: tick, MaxSkew: maxSkew, MetricsAddr: *metricsAddr, Logger: logger,
+		Streams: natsbus.StreamOptions{Replicas: replicas}}
 	if cfg.NATSOptions, err = cf.options(); err != nil {
 		return fail(err)
 	}

@@ -200,6 +200,7 @@ func TestRunFlagErrors(t *testing.T) {
 		{[]string{"--config", typo}, nil, "unknown field"},
 		{[]string{"--subject-prefix", "a.>"}, nil, "wildcards"},
 		{[]string{"--log-level", "loud"}, nil, "--log-level"},
+		{nil, map[string]string{"KPOOL_REPLICAS": "three"}, `--replicas "three"`},
 		{[]string{"--nats-url", "nats://127.0.0.1:1"}, nil, "connect to NATS"},
 	} {
 		for k, v := range tc.env {
