@@ -30,6 +30,9 @@ func (w *Worker) consumeLoop() {
 	backoff := 100 * time.Millisecond
 	for w.ctx.Err() == nil {
 		it, err := w.cons.Messages(jetstream.PullMaxMessages(w.cfg.Batch))
+		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+			err = w.ensureConsumer(w.ctx)
+		}
 		if err != nil {
 			w.log.Warn("pull from the events stream failed; retrying", "err", err, "in", backoff)
 			if !w.sleepCtx(backoff) {
@@ -59,25 +62,37 @@ func (w *Worker) consumeLoop() {
 		}()
 		w.drainIterator(it)
 		close(stopped)
+		if w.ctx.Err() == nil {
+			if err := w.ensureConsumer(w.ctx); err != nil {
+				w.log.Warn("durable consumer", "err", err)
+			}
+		}
 	}
 }
 
-// drainIterator handles messages until the iterator is closed (drained on stop) or fails.
+// drainIterator handles messages until the iterator is closed (drained on stop) or its
+// consumer is gone (the caller re-creates it).
 func (w *Worker) drainIterator(it jetstream.MessagesContext) {
 	defer it.Stop()
 	l := newLanes(w)
 	defer l.wait()
+	failures := 0
 	for {
 		msg, err := it.Next()
 		switch {
 		case err == nil:
+			failures = 0
 			l.dispatch(msg)
 		case errors.Is(err, jetstream.ErrMsgIteratorClosed):
+			return
+		case errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound):
+			w.log.Warn("the durable consumer disappeared; re-creating it", "consumer", w.cfg.Durable, "err", err)
 			return
 		default:
 			// Missed heartbeats and the like during a reconnect: the iterator recovers.
 			w.log.Debug("pull iterator", "err", err)
-			if w.ctx.Err() != nil {
+			failures++
+			if !w.sleepCtx(min(time.Duration(failures)*50*time.Millisecond, time.Second)) {
 				return
 			}
 		}

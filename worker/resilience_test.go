@@ -293,3 +293,31 @@ func TestGracefulShutdownMidStream(t *testing.T) {
 		t.Fatalf("%v events applied twice", d)
 	}
 }
+
+// TestConsumerDeletedIsRecreated: an operator deleting the durable consumer does not stop
+// the worker; it re-creates it, re-reads the stream and applies nothing twice.
+func TestConsumerDeletedIsRecreated(t *testing.T) {
+	ns := startNATS(t)
+	clock := newClock()
+	w := startWorker(t, ns.URL(), t.TempDir(), clock)
+	nc, c := connect(t, ns.URL())
+	js, _ := jetstream.New(nc)
+	if _, err := c.Register(ctx(t), "alice", natsbus.RegisterRequest{Identity: "alice", CipherSuite: 1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	tick := func(id string) {
+		t.Helper()
+		if _, err := c.Publish(ctx(t), events.Event{ID: id, Type: events.TypeExpiryTick, Pool: "alice", Time: clock.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tick("before")
+	eventually(t, 10*time.Second, "first tick applied", func() bool { return counter(t, w, "kpool_events_total") == 1 })
+	if err := js.DeleteConsumer(context.Background(), natsbus.StreamNames("kpool").Events, "kpool-worker"); err != nil {
+		t.Fatal(err)
+	}
+	tick("after")
+	eventually(t, 20*time.Second, "second tick applied after the consumer was re-created", func() bool {
+		return counter(t, w, "kpool_events_total") >= 2 && counter(t, w, "kpool_duplicates_total") == 1
+	})
+}

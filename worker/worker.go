@@ -100,17 +100,8 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	if err := natsbus.EnsureStreams(ctx, w.js, w.subj, cfg.Streams); err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
 	}
-	w.cons, err = w.js.CreateOrUpdateConsumer(ctx, w.streams.Events, jetstream.ConsumerConfig{
-		Durable:       cfg.Durable,
-		Description:   "kpool worker",
-		FilterSubject: w.subj.Events(),
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       cfg.AckWait,
-		MaxAckPending: 4 * cfg.Batch,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("worker: durable consumer %s: %w", cfg.Durable, err)
+	if err := w.ensureConsumer(ctx); err != nil {
+		return nil, err
 	}
 	// What a crash left unpublished goes out first, with the same ids (deduplicated).
 	if err := w.relayOnce(ctx); err != nil {
@@ -143,6 +134,24 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	}
 	w.logPools()
 	return w, nil
+}
+
+// ensureConsumer creates (or updates) the durable pull consumer on the events stream.
+func (w *Worker) ensureConsumer(ctx context.Context) error {
+	cons, err := w.js.CreateOrUpdateConsumer(ctx, w.streams.Events, jetstream.ConsumerConfig{
+		Durable:       w.cfg.Durable,
+		Description:   "kpool worker",
+		FilterSubject: w.subj.Events(),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       w.cfg.AckWait,
+		MaxAckPending: 4 * w.cfg.Batch,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("worker: durable consumer %s: %w", w.cfg.Durable, err)
+	}
+	w.cons = cons
+	return nil
 }
 
 // connect starts the embedded server or dials NATSURL.
