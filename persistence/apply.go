@@ -21,6 +21,7 @@ type batchWrites struct {
 	seen    map[string]uint64
 	journal []journalEntry
 	outbox  []outboxEntry
+	outSeq  uint64 // the outbox bucket's sequence after this batch
 	meta    []byte
 	acks    []string
 }
@@ -32,8 +33,11 @@ type journalEntry struct {
 	data []byte
 }
 
+// outboxEntry carries the key the step stage assigned: a new one from its counter, or
+// the key of a message with the same id still queued (replaced in place).
 type outboxEntry struct {
 	id   string
+	key  uint64
 	data []byte
 }
 
@@ -177,8 +181,9 @@ func (v *ovView) record(w *batchWrites, seal *sealer, in Input, r pool.Ready) er
 		o.pools[p.ID] = op[pool.Pool]{v: p, batch: b}
 	}
 	for _, m := range r.Outbox {
-		w.outbox = append(w.outbox, outboxEntry{m.ID, encodeOutbound(m)})
+		w.outbox = append(w.outbox, outboxEntry{m.ID, v.outboxKey(m.ID), encodeOutbound(m)})
 	}
+	w.outSeq = *v.outSeq
 	if r.Seq != 0 {
 		if r.Input.ID != "" {
 			w.seen[r.Input.ID] = r.Seq
@@ -240,7 +245,17 @@ func writeBatch(tx *bolt.Tx, w *batchWrites, retention int64, pruneLimit int) er
 		}
 	}
 	for _, o := range w.outbox {
-		if err := v.putOutbox(o.id, o.data); err != nil {
+		// Both puts also for a replacement: an ack may have removed the id meanwhile.
+		k := seqKey(o.key)
+		if err := v.outbox.Put(k, o.data); err != nil {
+			return err
+		}
+		if err := v.outboxIDs.Put([]byte(o.id), k); err != nil {
+			return err
+		}
+	}
+	if w.outSeq > v.outbox.Sequence() {
+		if err := v.outbox.SetSequence(w.outSeq); err != nil {
 			return err
 		}
 	}
@@ -261,23 +276,6 @@ func putOrDelete(b *bolt.Bucket, k, val []byte, put bool) error {
 		return b.Put(k, val)
 	}
 	return b.Delete(k)
-}
-
-// putOutbox appends a message; re-emitting an id that is still queued replaces it in
-// place, so one id is published once per confirmation.
-func (v *txView) putOutbox(id string, data []byte) error {
-	if k := v.outboxIDs.Get([]byte(id)); k != nil {
-		return v.outbox.Put(k, data)
-	}
-	n, err := v.outbox.NextSequence()
-	if err != nil {
-		return err
-	}
-	k := seqKey(n)
-	if err := v.outbox.Put(k, data); err != nil {
-		return err
-	}
-	return v.outboxIDs.Put([]byte(id), k)
 }
 
 // ackOutbox removes confirmed messages; unknown ids are ignored (already acked).

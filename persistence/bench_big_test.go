@@ -20,6 +20,7 @@ import (
 // through the real core (generated + upload_ack per KeyPackage), and removed when the
 // process ends. They exist only under -bench.
 
+// bigPerPool is the pool size of the built databases: 100 pools hold 1 000 000.
 const bigPerPool = 10_000
 
 // bigSpacing separates the not_after of consecutive KeyPackages, so that a tick moving
@@ -32,7 +33,7 @@ const (
 
 var (
 	bigMu   sync.Mutex
-	bigDirs = map[int]string{}
+	bigDirs = map[[2]int]string{} // {n, per pool} → directory
 	bigRoot string
 )
 
@@ -44,31 +45,31 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// bigDB returns the directory of a database holding n available KeyPackages,
-// KeyPackage i with not_after bigNotAfter(i).
-func bigDB(b *testing.B, n int) string {
+// bigDB returns the directory of a database holding n available KeyPackages in pools
+// of perPool, KeyPackage i with not_after bigNotAfter(i).
+func bigDB(b *testing.B, n, perPool int) string {
 	bigMu.Lock()
 	defer bigMu.Unlock()
-	if d, ok := bigDirs[n]; ok {
+	if d, ok := bigDirs[[2]int{n, perPool}]; ok {
 		return d
 	}
-	return buildBigDir(b, n)
+	return buildBigDir(b, n, perPool)
 }
 
-// rebuildBig replaces the database of size n with a fresh one.
-func rebuildBig(b *testing.B, n int) string {
+// rebuildBig replaces a database with a fresh one.
+func rebuildBig(b *testing.B, n, perPool int) string {
 	bigMu.Lock()
 	defer bigMu.Unlock()
-	if d, ok := bigDirs[n]; ok {
+	if d, ok := bigDirs[[2]int{n, perPool}]; ok {
 		os.RemoveAll(d)
-		delete(bigDirs, n)
+		delete(bigDirs, [2]int{n, perPool})
 	}
-	return buildBigDir(b, n)
+	return buildBigDir(b, n, perPool)
 }
 
 var bigBuilds atomic.Int64
 
-func buildBigDir(b *testing.B, n int) string {
+func buildBigDir(b *testing.B, n, perPool int) string {
 	if bigRoot == "" {
 		r, err := os.MkdirTemp("", "kpool-bench-")
 		if err != nil {
@@ -81,29 +82,29 @@ func buildBigDir(b *testing.B, n int) string {
 		b.Fatal(err)
 	}
 	start := time.Now()
-	buildBig(b, dir, n)
+	buildBig(b, dir, n, perPool)
 	st, _ := os.Stat(filepath.Join(dir, "kpool.db"))
-	b.Logf("built %d KeyPackages in %v: %d MiB", n, time.Since(start).Round(time.Second), st.Size()>>20)
-	bigDirs[n] = dir
+	b.Logf("built %d KeyPackages (%d per pool) in %v: %d MiB", n, perPool, time.Since(start).Round(time.Second), st.Size()>>20)
+	bigDirs[[2]int{n, perPool}] = dir
 	return dir
 }
 
-func bigPool(i int) string { return fmt.Sprintf("big%d", i/bigPerPool) }
+func bigPool(i, perPool int) string { return fmt.Sprintf("big%d", i/perPool) }
 
 func bigNotAfter(i int) int64 {
 	return t0.Add(60*24*time.Hour + time.Duration(i)*bigSpacing).Unix()
 }
 
-func buildBig(b *testing.B, dir string, n int) {
+func buildBig(b *testing.B, dir string, n, perPool int) {
 	s, err := Open(filepath.Join(dir, "kpool.db"), Options{KeyFile: filepath.Join(dir, "kpool.key"), NoSync: true})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer s.Close()
 	c := NewCommitterWith(s, (&pool.Core{}).Step, CommitterOptions{MaxBatch: 4096})
-	for p := 0; p*bigPerPool < n; p++ {
-		in := regInput(fmt.Sprintf("reg-%d", p), bigPool(p*bigPerPool))
-		in.Event.Register.Policy = events.Policy{Target: 100, LowWatermark: 20, HardCap: 2 * bigPerPool, ExpiryMargin: events.Duration(bigMargin)}
+	for p := 0; p*perPool < n; p++ {
+		in := regInput(fmt.Sprintf("reg-%d", p), bigPool(p*perPool, perPool))
+		in.Event.Register.Policy = events.Policy{Target: 100, LowWatermark: 20, HardCap: 2 * perPool, ExpiryMargin: events.Duration(bigMargin)}
 		submitOK(b, c, in)
 	}
 	kp := make([]byte, 250) // about the size of an X25519/Ed25519 KeyPackage
@@ -119,10 +120,10 @@ func buildBig(b *testing.B, dir string, n int) {
 					return
 				}
 				ref := refOf(i)
-				gen := genInput("g"+ref[48:], bigPool(i), ref, t0)
+				gen := genInput("g"+ref[48:], bigPool(i, perPool), ref, t0)
 				gen.Event.Generated.KeyPackage = kp
 				gen.Event.Generated.NotAfter = bigNotAfter(i)
-				for _, in := range []Input{gen, {Event: evRef("a"+ref[48:], events.TypeUploadAck, bigPool(i), ref, t0)}} {
+				for _, in := range []Input{gen, {Event: evRef("a"+ref[48:], events.TypeUploadAck, bigPool(i, perPool), ref, t0)}} {
 					res, err := c.Submit(context.Background(), in)
 					if err != nil || res.Err != nil {
 						b.Errorf("build %s: %v %v", in.Event.ID, err, res.Err)
@@ -180,11 +181,12 @@ func heapInUse() uint64 {
 	return m.HeapInuse
 }
 
-// BenchmarkOpenReady: start-up with 1 000 000 stored KeyPackages against 10 000, and
-// against a bare bbolt open of the same file, in the same run. Heap is what the open
-// store holds after GC; allocated is everything start-up allocated.
+// BenchmarkOpenReady: start-up with 1 000 000 stored KeyPackages against 10 000 in as
+// many pools (100: start-up reads every pool record), and against a bare bbolt open of
+// the same file, in the same run. Heap is what the open store holds after GC;
+// allocated is everything start-up allocated.
 func BenchmarkOpenReady(b *testing.B) {
-	large, small := bigDB(b, 1_000_000), bigDB(b, 10_000)
+	large, small := bigDB(b, 1_000_000, bigPerPool), bigDB(b, 10_000, 100)
 	var tLarge, tSmall, tBare time.Duration
 	var heap, alloc uint64
 	for b.Loop() {
@@ -261,7 +263,8 @@ func tick(b *testing.B, dir string, due int) time.Duration {
 // small database runs out of windows after 10 ticks and is rebuilt, untimed.
 func BenchmarkExpiryTick(b *testing.B) {
 	const due = 1000
-	large, small := bigDB(b, 1_000_000), bigDB(b, 10_000)
+	// 1000 due KeyPackages are in one pool in both databases.
+	large, small := bigDB(b, 1_000_000, bigPerPool), bigDB(b, 10_000, bigPerPool)
 	var tLarge, tSmall time.Duration
 	for b.Loop() {
 		if tickWindow[large]*due+due > 1_000_000 {
@@ -270,7 +273,7 @@ func BenchmarkExpiryTick(b *testing.B) {
 		tLarge += tick(b, large, due)
 		if tickWindow[small]*due+due > 10_000 {
 			b.StopTimer()
-			small = rebuildBig(b, 10_000)
+			small = rebuildBig(b, 10_000, bigPerPool)
 			b.StartTimer()
 		}
 		tSmall += tick(b, small, due)

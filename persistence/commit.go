@@ -261,7 +261,8 @@ type stepState struct {
 	ov           *overlay
 	cache        map[string]pool.Pool
 	meta         pool.Meta
-	fresh        bool // meta must be read from the snapshot
+	outSeq       uint64 // last outbox key assigned
+	fresh        bool   // meta and outSeq must be read from the snapshot
 	batch, epoch uint64
 }
 
@@ -298,12 +299,12 @@ drain:
 		r := newTxView(tx)
 		if st.fresh {
 			if st.meta, err = r.Meta(); err == nil {
-				st.fresh = false
+				st.outSeq, st.fresh = r.outbox.Sequence(), false
 			}
 		}
 		st.ov.trim(committed, st.cache)
 	}
-	v := &ovView{r: newTxViewOrNil(tx, err), ov: st.ov, meta: &st.meta, cache: st.cache, batch: p.batch}
+	v := &ovView{r: newTxViewOrNil(tx, err), ov: st.ov, meta: &st.meta, cache: st.cache, batch: p.batch, outSeq: &st.outSeq}
 	for _, req := range batch {
 		var res Result
 		ferr := err

@@ -31,14 +31,15 @@ type overlay struct {
 	secrets map[string]op[[]byte] // sealed
 	seen    map[string]op[uint64]
 	expiry  map[string]op[struct{}]
-	due     []string // expiry keys put in the overlay, sorted (may hold deleted ones)
+	due     []string              // expiry keys put in the overlay, sorted (may hold deleted ones)
+	outbox  map[string]op[uint64] // outbound id → outbox key
 }
 
 func newOverlay() *overlay {
 	return &overlay{
 		kps: map[string]op[pool.KeyPackage]{}, pools: map[string]op[pool.Pool]{},
 		secrets: map[string]op[[]byte]{}, seen: map[string]op[uint64]{},
-		expiry: map[string]op[struct{}]{},
+		expiry: map[string]op[struct{}]{}, outbox: map[string]op[uint64]{},
 	}
 }
 
@@ -59,6 +60,7 @@ func (o *overlay) trim(committed uint64, cache map[string]pool.Pool) {
 	trimMap(o.secrets, committed)
 	trimMap(o.seen, committed)
 	trimMap(o.expiry, committed)
+	trimMap(o.outbox, committed)
 	o.due = slices.DeleteFunc(o.due, func(k string) bool { _, ok := o.expiry[k]; return !ok })
 }
 
@@ -82,11 +84,28 @@ func (o *overlay) putExpiry(k string, batch uint64) {
 
 // ovView is the step stage's pool.View: overlay first, then the read snapshot.
 type ovView struct {
-	r     *txView
-	ov    *overlay
-	meta  *pool.Meta
-	cache map[string]pool.Pool // committed pool records, decoded
-	batch uint64
+	r      *txView
+	ov     *overlay
+	meta   *pool.Meta
+	cache  map[string]pool.Pool // committed pool records, decoded
+	batch  uint64
+	outSeq *uint64 // last outbox key assigned
+}
+
+// outboxKey assigns the outbox key of message id: the key of a message with that id
+// still queued, else the next one.
+func (v *ovView) outboxKey(id string) uint64 {
+	if e, ok := v.ov.outbox[id]; ok && !e.del {
+		return e.v
+	}
+	if _, ok := v.ov.outbox[id]; !ok {
+		if k := v.r.outboxIDs.Get([]byte(id)); k != nil {
+			return seqOf(k)
+		}
+	}
+	*v.outSeq++
+	v.ov.outbox[id] = op[uint64]{v: *v.outSeq, batch: v.batch}
+	return *v.outSeq
 }
 
 var _ pool.View = (*ovView)(nil)
