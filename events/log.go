@@ -91,6 +91,7 @@ type LogReader struct {
 	line    int
 	lastSeq uint64
 	long    []byte // reused buffer for lines longer than the bufio buffer
+	lineLen int    // true length of the last line, without its line end
 }
 
 // NewLogReader reads and checks the header line. A missing or foreign header returns
@@ -163,8 +164,8 @@ func (lr *LogReader) parse(b []byte) (LogRecord, error) {
 	bad := func(seq uint64, err error) (LogRecord, error) {
 		return LogRecord{}, &LogLineError{Line: lr.line, Seq: seq, Err: err}
 	}
-	if len(b) > MaxLogLine {
-		return bad(0, fmt.Errorf("%w: line of %d bytes, the limit is %d", ErrTooLarge, len(b), MaxLogLine))
+	if lr.lineLen > MaxLogLine {
+		return bad(0, fmt.Errorf("%w: line of %d bytes, the limit is %d", ErrTooLarge, lr.lineLen, MaxLogLine))
 	}
 	// One strict decode of the whole line: unknown fields are rejected at every level,
 	// as Decode rejects them on NATS.
@@ -197,15 +198,20 @@ func (lr *LogReader) parse(b []byte) (LogRecord, error) {
 	return LogRecord{Seq: w.Seq, Subject: w.Subject, Event: e}, nil
 }
 
-// readLine returns the next line without its newline. The slice is valid until the
+// readLine returns the next line without its line end. The slice is valid until the
 // next call. Lines longer than MaxLogLine are consumed whole but returned truncated to
-// MaxLogLine+1 bytes, so parse reports them as too large without holding them.
+// MaxLogLine+1 bytes, so parse reports them as too large without holding them; lineLen
+// is the line's true length.
 func (lr *LogReader) readLine() ([]byte, error) {
 	b, err := lr.r.ReadSlice('\n')
+	last := b
+	lr.lineLen = len(b)
 	if err == bufio.ErrBufferFull {
 		lr.long = append(lr.long[:0], b...)
 		for err == bufio.ErrBufferFull {
 			b, err = lr.r.ReadSlice('\n')
+			last = b
+			lr.lineLen += len(b)
 			if len(lr.long) <= MaxLogLine {
 				lr.long = append(lr.long, b...)
 			}
@@ -215,13 +221,14 @@ func (lr *LogReader) readLine() ([]byte, error) {
 			b = b[:MaxLogLine+1]
 		}
 	}
-	if err == io.EOF && len(b) == 0 {
+	if err == io.EOF && lr.lineLen == 0 {
 		return nil, io.EOF
 	}
 	if err != nil && err != io.EOF {
 		return nil, err
 	}
 	lr.line++
+	lr.lineLen -= len(last) - len(bytes.TrimRight(last, "\r\n"))
 	return bytes.TrimRight(b, "\r\n"), nil
 }
 

@@ -3,6 +3,7 @@ package events
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -231,5 +232,35 @@ func BenchmarkLogRead(b *testing.B) {
 				break
 			}
 		}
+	}
+}
+
+// A line longer than the reader's buffer is consumed whole, reported as too large, and
+// the next line reads normally; memory stays bounded by MaxLogLine.
+func TestLogHugeLine(t *testing.T) {
+	good := writeLog(t, LogHeader{}, testRecords()[:1])
+	huge := `{"seq":2,"subject":"kpool.events.tick","event":{"id":"` + strings.Repeat("y", 300<<10) + `"}}`
+	tail := `{"seq":3,"subject":"kpool.events.tick","event":{"id":"t3","type":"expiry_tick","time":"2026-01-02T03:04:05Z"}}`
+	data := append(good, huge+"\n"+tail+"\n"...)
+	r, err := NewLogReader(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := r.Next(); err != nil || rec.Seq != 1 {
+		t.Fatal(rec, err)
+	}
+	_, err = r.Next()
+	var le *LogLineError
+	if !errors.As(err, &le) || le.Line != 3 || !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), fmt.Sprintf("line of %d bytes, the limit is 17408", len(huge))) {
+		t.Fatalf("got %v", err)
+	}
+	if cap(r.long) > 2*MaxLogLine+(64<<10) {
+		t.Fatalf("buffer grew to %d bytes", cap(r.long))
+	}
+	if rec, err := r.Next(); err != nil || rec.Seq != 3 || r.Line() != 4 {
+		t.Fatal(rec, err, r.Line())
+	}
+	if _, err := r.Next(); err != io.EOF {
+		t.Fatal(err)
 	}
 }
