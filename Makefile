@@ -7,8 +7,10 @@ FUZZTIME ?= 20s
 
 all: build
 
+# bin/worker: the command (a plain `go build ./cmd/worker` at the root would clash with the worker/ package)
 build:
 	$(GO) build ./...
+	$(GO) build -o bin/worker ./cmd/worker
 
 # run the worker on its embedded defaults (NATS on 127.0.0.1:4222, data under ./data)
 run:
