@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -65,7 +64,6 @@ func runReplay(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	defer replayGC()()
 
 	if *verify {
 		if len(pos) != 0 || *expect != "" || *until != 0 {
@@ -207,28 +205,6 @@ func runVerify(ctx context.Context, dir string, core *pool.Core, stdout, stderr 
 	}
 	fmt.Fprintf(stdout, "verify OK: %d journaled inputs replay to the stored state of %s\n", sum.Applied, path)
 	return replayOK
-}
-
-// replayGC trades heap for speed: a replay allocates ~10 KB per input that dies at once,
-// and GOGC=400 makes it ≈ 25 % cheaper per CPU-second (docs/benchmarks.md). The soft
-// limit keeps a large replay from growing the heap past 2 GiB for it. GOGC and
-// GOMEMLIMIT in the environment win. The returned func restores the settings.
-func replayGC() (restore func()) {
-	gc, limit := -2, int64(-1)
-	if os.Getenv("GOGC") == "" {
-		gc = debug.SetGCPercent(400)
-	}
-	if os.Getenv("GOMEMLIMIT") == "" {
-		limit = debug.SetMemoryLimit(2 << 30)
-	}
-	return func() {
-		if gc != -2 {
-			debug.SetGCPercent(gc)
-		}
-		if limit >= 0 {
-			debug.SetMemoryLimit(limit)
-		}
-	}
 }
 
 // replayCore builds the core with the worker's default policy, or the one in the
