@@ -128,27 +128,48 @@ func NewCommitterWith(s *Store, step StepFunc, opts CommitterOptions) *Committer
 // ctx ended first. When ctx ends after the input was queued it may still be committed:
 // redelivering it is safe, the event id deduplicates.
 func (c *Committer) Submit(ctx context.Context, in Input) (Result, error) {
+	p, err := c.SubmitAsync(ctx, in)
+	if err != nil {
+		return Result{}, err
+	}
+	return p.Wait(ctx)
+}
+
+// Pending is a queued input whose commit the caller has not waited for yet.
+type Pending struct{ r *request }
+
+// Done is closed when the input's transaction committed (or failed).
+func (p *Pending) Done() <-chan struct{} { return p.r.done }
+
+// Wait blocks until the input's transaction committed; it returns what Submit does.
+func (p *Pending) Wait(ctx context.Context) (Result, error) {
+	select {
+	case <-p.r.done:
+		return p.r.res, p.r.err
+	case <-ctx.Done():
+		return Result{}, ctx.Err()
+	}
+}
+
+// SubmitAsync queues one input without waiting for its commit, so that a sequential
+// producer (replay, one pool's ordered lane) fills whole batches. Inputs queued by one
+// goroutine are stepped in the order it queued them. It blocks only while the queue is
+// full (MaxBatch inputs), or until ctx ends.
+func (c *Committer) SubmitAsync(ctx context.Context, in Input) (*Pending, error) {
 	if c.s.opts.ReadOnly {
-		return Result{}, fmt.Errorf("submit: store is read-only")
+		return nil, fmt.Errorf("submit: store is read-only")
 	}
 	r := &request{in: in, done: make(chan struct{})}
 	c.mu.RLock()
+	defer c.mu.RUnlock()
 	if c.closed {
-		c.mu.RUnlock()
-		return Result{}, fmt.Errorf("submit: committer %w", ErrClosed)
+		return nil, fmt.Errorf("submit: committer %w", ErrClosed)
 	}
 	select {
 	case c.reqs <- r:
-		c.mu.RUnlock()
+		return &Pending{r}, nil
 	case <-ctx.Done():
-		c.mu.RUnlock()
-		return Result{}, ctx.Err()
-	}
-	select {
-	case <-r.done:
-		return r.res, r.err
-	case <-ctx.Done():
-		return Result{}, ctx.Err()
+		return nil, ctx.Err()
 	}
 }
 
@@ -201,17 +222,24 @@ func (c *Committer) stepStage() {
 	defer close(c.toCommit)
 	st := &stepState{ov: newOverlay(), cache: map[string]pool.Pool{}, fresh: true}
 	var p *pending
-	reqs := c.reqs
+	// closing hands over what is held and the acks still pending.
+	closing := func() {
+		if acks := c.takeAcks(); len(acks) > 0 {
+			if p == nil {
+				p = c.newPending(st)
+			}
+			p.writes.acks = append(p.writes.acks, acks...)
+		}
+		if p != nil {
+			c.toCommit <- p
+		}
+	}
 	for {
 		if p == nil {
 			select {
-			case r, ok := <-reqs:
+			case r, ok := <-c.reqs:
 				if !ok {
-					if acks := c.takeAcks(); len(acks) > 0 {
-						p = c.newPending(st)
-						p.writes.acks = acks
-						c.toCommit <- p
-					}
+					closing()
 					return
 				}
 				p = c.newPending(st)
@@ -230,7 +258,7 @@ func (c *Committer) stepStage() {
 			continue
 		default:
 		}
-		in := reqs
+		in := c.reqs
 		if len(p.reqs) >= c.opts.MaxBatch {
 			in = nil // full: only hand over
 		}
@@ -239,14 +267,14 @@ func (c *Committer) stepStage() {
 			p = nil
 		case r, ok := <-in:
 			if !ok {
-				c.toCommit <- p
-				p, reqs = nil, nil
-				if acks := c.takeAcks(); len(acks) > 0 {
-					p = c.newPending(st)
-					p.writes.acks = acks
-					c.toCommit <- p
-				}
+				closing()
 				return
+			}
+			if p.epoch != c.epoch.Load() {
+				// p was stepped on a batch whose commit failed: it is void, and new
+				// arrivals must not join it.
+				c.toCommit <- p
+				p = c.newPending(st)
 			}
 			c.stepInto(st, p, r)
 		case <-c.wake:

@@ -3,6 +3,7 @@ package persistence
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -397,5 +398,42 @@ func TestFailedCommitVoidsTheBatchSteppedOnIt(t *testing.T) {
 	}
 	if res := submitOK(t, c, genInput("g2", "p1", refOf(2), t0)); res.Ready.Seq != 2 {
 		t.Fatalf("Seq after the failure = %d, want 2", res.Ready.Seq)
+	}
+}
+
+// A sequential producer that does not wait gets its inputs stepped in order and
+// grouped into few transactions.
+func TestSubmitAsyncKeepsOrderAndGroups(t *testing.T) {
+	db, key := testPaths(t)
+	s := mustOpen(t, db, key)
+	defer s.Close()
+	c := NewCommitter(s, fakeStep)
+	defer c.Close()
+	submitOK(t, c, regInput("r1", "p1"))
+	var ps []*Pending
+	for i := range 300 {
+		in := genInput(fmt.Sprintf("g%03d", i), "p1", refOf(i), t0)
+		if i%2 == 1 { // each ack follows its generate: only in order is it valid
+			in = Input{Event: evRef(fmt.Sprintf("a%03d", i-1), events.TypeUploadAck, "p1", refOf(i-1), t0)}
+		}
+		p, err := c.SubmitAsync(context.Background(), in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
+	for i, p := range ps {
+		res, err := p.Wait(context.Background())
+		if err != nil || res.Err != nil {
+			t.Fatalf("input %d: %v %v", i, err, res.Err)
+		}
+		if res.Ready.Seq != uint64(i+2) {
+			t.Fatalf("input %d committed at seq %d, want %d", i, res.Ready.Seq, i+2)
+		}
+	}
+	st := c.Stats()
+	t.Logf("%d inputs in %d transactions", st.Inputs, st.Transactions)
+	if st.Transactions > 100 {
+		t.Fatalf("%d transactions for 301 inputs: not grouped", st.Transactions)
 	}
 }
