@@ -12,16 +12,19 @@ import (
 	"github.com/kpool/kpool/pool"
 )
 
-// DBFile and KeyFile are the names the worker uses inside its data directory, so
-// `worker db inspect --data DIR` works on a replayed directory too.
+// DBFile is the database name the worker uses inside its data directory, so `worker db
+// inspect --data DIR`, `log export` and `replay --verify` work on a replayed directory.
+// KeyFile is deliberately not the worker's kpool.key: `worker run --data DIR` then
+// refuses the replayed database (it holds sealed records but the worker finds no key),
+// which keeps anyone from serving KeyPackages whose private keys a replay never had.
 const (
 	DBFile  = "kpool.db"
-	KeyFile = "kpool.key"
+	KeyFile = "replay.key"
 )
 
 // BoltOptions configure a bbolt target.
 type BoltOptions struct {
-	// KeyFile defaults to DIR/kpool.key (created when absent). A replay stores no
+	// KeyFile defaults to DIR/replay.key (created when absent). A replay stores no
 	// private keys, but the store needs a key to open.
 	KeyFile string
 	// Fsync makes every commit durable against power loss. Without it a replay survives

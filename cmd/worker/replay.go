@@ -39,7 +39,7 @@ func runReplay(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("worker replay", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	data := fs.String("data", "", "replay into the bbolt database in `DIR` (resumes when it holds a prefix of the log); default: in memory")
-	keyFile := fs.String("key-file", "", "master key `FILE` of the database (default DIR/kpool.key)")
+	keyFile := fs.String("key-file", "", "master key `FILE` of the replay database (default DIR/replay.key, so that `worker run` refuses the replayed database)")
 	until := fs.Uint64("until", 0, "stop after the last input with seq <= `SEQ`")
 	expect := fs.String("expect", "", "compare the final state with the expected-state `FILE`; exit 1 on any difference")
 	writeState := fs.String("write-state", "", "write the final state to `FILE` (an expected-state file)")

@@ -89,6 +89,20 @@ func TestReplayDataExportVerify(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
 	}
+	// A replayed database has no private keys: the worker must refuse to serve it.
+	done := make(chan string, 1)
+	go func() {
+		_, _, e := runCmd(t, "run", "--data", data, "--listen", "127.0.0.1:0", "--tick", "0")
+		done <- e
+	}()
+	select {
+	case e := <-done:
+		if !strings.Contains(e, "key file missing for a database that holds sealed records") {
+			t.Fatalf("worker run on a replayed database: %s", e)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("worker run started on a replayed database")
+	}
 	// Again into the same directory: everything is already there.
 	code, out, errOut = runCmd(t, "replay", log, "--data", data, "--expect", state, "--progress", "off")
 	if code != 0 || !strings.Contains(errOut, "already holds 22 applied inputs: resuming") || !strings.Contains(out, "resumed: 28 inputs") {
