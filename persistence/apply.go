@@ -10,48 +10,43 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-// batchWrites is what the commit stage writes for one batch: the last opinion per key
-// of the batch's accepted steps, plus the journal and outbox appends in order.
+// batchWrites is what the commit stage writes for one batch: puts and deletes in the
+// order the steps made them, every value already encoded by the step stage (which has
+// time to spare while the commit stage writes and syncs), so the commit stage only
+// hands bytes to bbolt.
 type batchWrites struct {
-	kps     map[string][]byte // JSON record; nil: purge
-	poolKPs map[string]bool   // per-pool index key: put (true) or delete
-	pools   map[string][]byte
-	expiry  map[string]bool // index key: put (true) or delete
-	secrets map[string][]byte
-	seen    map[string]uint64
-	journal []journalEntry
-	outbox  []outboxEntry
-	outSeq  uint64 // the outbox bucket's sequence after this batch
-	meta    []byte
-	acks    []string
+	ops    []kvOp
+	outSeq uint64 // the outbox bucket's sequence after this batch
+	acks   []string
 }
 
-// Everything is encoded by the step stage, which has time to spare while the commit
-// stage writes and syncs: the commit stage only puts bytes, as fast as bbolt can.
-type journalEntry struct {
-	seq  uint64
-	data []byte
+type kvOp struct {
+	bucket   int // index in allBuckets
+	key, val []byte
+	del      bool
 }
 
-// outboxEntry carries the key the step stage assigned: a new one from its counter, or
-// the key of a message with the same id still queued (replaced in place).
-type outboxEntry struct {
-	id   string
-	key  uint64
-	data []byte
-}
+// Indexes of the buckets in allBuckets.
+const (
+	iMeta = iota
+	iPools
+	iKPs
+	iPoolKPs
+	iExpiry
+	iSecrets
+	iSeen
+	iJournal
+	iOutbox
+	iOutboxIDs
+	nBuckets
+)
 
-func newBatchWrites() *batchWrites {
-	return &batchWrites{
-		kps: map[string][]byte{}, poolKPs: map[string]bool{}, pools: map[string][]byte{},
-		expiry: map[string]bool{}, secrets: map[string][]byte{}, seen: map[string]uint64{},
-	}
-}
+func newBatchWrites() *batchWrites { return &batchWrites{} }
 
-func (w *batchWrites) empty() bool {
-	return len(w.kps)+len(w.poolKPs)+len(w.pools)+len(w.expiry)+len(w.secrets)+len(w.seen)+
-		len(w.journal)+len(w.outbox)+len(w.acks)+len(w.meta) == 0
-}
+func (w *batchWrites) empty() bool { return len(w.ops)+len(w.acks) == 0 }
+
+func (w *batchWrites) put(b int, k, v []byte) { w.ops = append(w.ops, kvOp{bucket: b, key: k, val: v}) }
+func (w *batchWrites) del(b int, k []byte)    { w.ops = append(w.ops, kvOp{bucket: b, key: k, del: true}) }
 
 // validate checks, before anything of this step is recorded, that the Ready can be
 // stored: the sequence follows the last one and no live KeyPackage lacks its keys.
@@ -131,7 +126,7 @@ func (v *ovView) record(w *batchWrites, seal *sealer, in Input, r pool.Ready) er
 		if err != nil {
 			return err
 		}
-		w.secrets[id] = sealed
+		w.put(iSecrets, []byte(id), sealed)
 		o.secrets[id] = op[[]byte]{v: sealed, batch: b}
 	}
 	for _, kp := range r.KeyPackages {
@@ -140,9 +135,9 @@ func (v *ovView) record(w *batchWrites, seal *sealer, in Input, r pool.Ready) er
 			return fmt.Errorf("keypackage %s: %w", kp.Ref, err)
 		}
 		if !v.hasKP(kp.Ref) { // new: add it to its pool's index
-			w.poolKPs[string(poolKPKey(kp.Pool, kp.Ref))] = true
+			w.put(iPoolKPs, poolKPKey(kp.Pool, kp.Ref), nil)
 		}
-		w.kps[kp.Ref] = data
+		w.put(iKPs, []byte(kp.Ref), data)
 		o.kps[kp.Ref] = op[pool.KeyPackage]{v: kp, batch: b}
 	}
 	for _, ref := range r.Purge {
@@ -153,23 +148,24 @@ func (v *ovView) record(w *batchWrites, seal *sealer, in Input, r pool.Ready) er
 		if !ok {
 			continue
 		}
-		w.poolKPs[string(poolKPKey(kp.Pool, ref))] = false
-		w.kps[ref], w.secrets[ref] = nil, nil
+		w.del(iPoolKPs, poolKPKey(kp.Pool, ref))
+		w.del(iKPs, []byte(ref))
+		w.del(iSecrets, []byte(ref))
 		o.kps[ref] = op[pool.KeyPackage]{del: true, batch: b}
 		o.secrets[ref] = op[[]byte]{del: true, batch: b}
 	}
 	for _, e := range r.IndexDel {
-		k := string(indexKey(e.At, e.Ref))
-		w.expiry[k] = false
-		o.expiry[k] = op[struct{}]{del: true, batch: b}
+		k := indexKey(e.At, e.Ref)
+		w.del(iExpiry, k)
+		o.expiry[string(k)] = op[struct{}]{del: true, batch: b}
 	}
 	for _, e := range r.IndexPut {
-		k := string(indexKey(e.At, e.Ref))
-		w.expiry[k] = true
-		o.putExpiry(k, b)
+		k := indexKey(e.At, e.Ref)
+		w.put(iExpiry, k, nil)
+		o.putExpiry(string(k), b)
 	}
 	for _, ref := range r.Erase {
-		w.secrets[ref] = nil
+		w.del(iSecrets, []byte(ref))
 		o.secrets[ref] = op[[]byte]{del: true, batch: b}
 	}
 	for _, p := range r.Pools {
@@ -177,30 +173,34 @@ func (v *ovView) record(w *batchWrites, seal *sealer, in Input, r pool.Ready) er
 		if err != nil {
 			return fmt.Errorf("pool %s: %w", p.ID, err)
 		}
-		w.pools[p.ID] = data
+		w.put(iPools, []byte(p.ID), data)
 		o.pools[p.ID] = op[pool.Pool]{v: p, batch: b}
 	}
 	for _, m := range r.Outbox {
-		w.outbox = append(w.outbox, outboxEntry{m.ID, v.outboxKey(m.ID), encodeOutbound(m)})
+		// Both puts also for a replacement: an ack may have removed the id meanwhile.
+		k := seqKey(v.outboxKey(m.ID))
+		w.put(iOutbox, k, encodeOutbound(m))
+		w.put(iOutboxIDs, []byte(m.ID), k)
 	}
 	w.outSeq = *v.outSeq
 	if r.Seq != 0 {
 		if r.Input.ID != "" {
-			w.seen[r.Input.ID] = r.Seq
+			w.put(iSeen, []byte(r.Input.ID), seqKey(r.Seq))
 			o.seen[r.Input.ID] = op[uint64]{v: r.Seq, batch: b}
 		}
 		data, err := json.Marshal(r.Input)
 		if err != nil {
 			return fmt.Errorf("journal entry %d: %w", r.Seq, err)
 		}
-		w.journal = append(w.journal, journalEntry{r.Seq, data})
+		w.put(iJournal, seqKey(r.Seq), data)
 	}
 	if r.Seq != 0 || r.Meta != (pool.Meta{}) {
 		data, err := json.Marshal(r.Meta)
 		if err != nil {
 			return err
 		}
-		*v.meta, w.meta = r.Meta, data
+		*v.meta = r.Meta
+		w.put(iMeta, kApplied, data)
 	}
 	return nil
 }
@@ -208,74 +208,31 @@ func (v *ovView) record(w *batchWrites, seal *sealer, in Input, r pool.Ready) er
 // writeBatch is the commit stage's work: plain puts and deletes, then outbox acks and
 // journal pruning.
 func writeBatch(tx *bolt.Tx, w *batchWrites, retention int64, pruneLimit int) error {
+	var bs [nBuckets]*bolt.Bucket
+	for i, name := range allBuckets {
+		bs[i] = tx.Bucket(name)
+	}
+	for _, o := range w.ops {
+		var err error
+		if o.del {
+			err = bs[o.bucket].Delete(o.key)
+		} else {
+			err = bs[o.bucket].Put(o.key, o.val)
+		}
+		if err != nil {
+			return fmt.Errorf("%s %x: %w", allBuckets[o.bucket], o.key, err)
+		}
+	}
 	v := newTxView(tx)
-	for id, sealed := range w.secrets {
-		if err := putOrDelete(v.secrets, []byte(id), sealed, sealed != nil); err != nil {
-			return err
-		}
-	}
-	for ref, data := range w.kps {
-		if err := putOrDelete(v.kps, []byte(ref), data, data != nil); err != nil {
-			return err
-		}
-	}
-	for k, put := range w.poolKPs {
-		if err := putOrDelete(v.poolKPs, []byte(k), nil, put); err != nil {
-			return err
-		}
-	}
-	for k, put := range w.expiry {
-		if err := putOrDelete(v.expiry, []byte(k), nil, put); err != nil {
-			return err
-		}
-	}
-	for id, data := range w.pools {
-		if err := v.pools.Put([]byte(id), data); err != nil {
-			return err
-		}
-	}
-	for id, seq := range w.seen {
-		if err := v.seen.Put([]byte(id), seqKey(seq)); err != nil {
-			return err
-		}
-	}
-	for _, j := range w.journal {
-		if err := v.journal.Put(seqKey(j.seq), j.data); err != nil {
-			return err
-		}
-	}
-	for _, o := range w.outbox {
-		// Both puts also for a replacement: an ack may have removed the id meanwhile.
-		k := seqKey(o.key)
-		if err := v.outbox.Put(k, o.data); err != nil {
-			return err
-		}
-		if err := v.outboxIDs.Put([]byte(o.id), k); err != nil {
-			return err
-		}
-	}
 	if w.outSeq > v.outbox.Sequence() {
 		if err := v.outbox.SetSequence(w.outSeq); err != nil {
 			return err
 		}
 	}
-	if w.meta != nil {
-		if err := v.meta.Put(kApplied, w.meta); err != nil {
-			return err
-		}
-		v.cachedMeta = nil // pruneJournal reads the new one
-	}
 	if err := v.ackOutbox(w.acks); err != nil {
 		return err
 	}
 	return v.pruneJournal(retention, pruneLimit)
-}
-
-func putOrDelete(b *bolt.Bucket, k, val []byte, put bool) error {
-	if put {
-		return b.Put(k, val)
-	}
-	return b.Delete(k)
 }
 
 // ackOutbox removes confirmed messages; unknown ids are ignored (already acked).

@@ -26,7 +26,8 @@ var (
 	bOutboxIDs = []byte("outbox_ids")  // outbound id → outbox key
 )
 
-var allBuckets = [][]byte{bMeta, bPools, bKPs, bPoolKPs, bExpiry, bSecrets, bSeen, bJournal, bOutbox, bOutboxIDs}
+// allBuckets, in the order of the i* constants (apply.go).
+var allBuckets = [nBuckets][]byte{bMeta, bPools, bKPs, bPoolKPs, bExpiry, bSecrets, bSeen, bJournal, bOutbox, bOutboxIDs}
 
 // Keys of the meta bucket.
 var (
