@@ -58,9 +58,25 @@ func OpenBolt(dir string, core *pool.Core, o BoltOptions) (*BoltTarget, error) {
 	return &BoltTarget{Store: st, c: c}, nil
 }
 
-// Step commits one input in its own transaction.
+// Step commits one input and waits for its transaction.
 func (b *BoltTarget) Step(ctx context.Context, ev events.Event) (pool.Ready, error, error) {
 	res, err := b.c.Submit(ctx, persistence.Input{Event: ev})
+	return classify(res, err)
+}
+
+// StepAsync queues one input; the committer groups queued inputs into shared
+// transactions, in order.
+func (b *BoltTarget) StepAsync(ctx context.Context, ev events.Event) (func() (pool.Ready, error, error), error) {
+	p, err := b.c.SubmitAsync(ctx, persistence.Input{Event: ev})
+	if err != nil {
+		return nil, err
+	}
+	return func() (pool.Ready, error, error) { return classify(p.Wait(ctx)) }, nil
+}
+
+// classify splits a committer result into the core's (or store's) refusal of the input
+// and a failure that must stop the replay.
+func classify(res persistence.Result, err error) (pool.Ready, error, error) {
 	if err != nil {
 		return pool.Ready{}, nil, err
 	}

@@ -149,6 +149,8 @@ func Run(ctx context.Context, lr *events.LogReader, t Target, opts Options) (*Su
 	stop := make(chan struct{})
 	defer close(stop)
 	batches := readAhead(lr, stop)
+	pl := newPipeline(t, s, opts)
+	defer pl.abandon(ctx)
 loop:
 	for batch := range batches {
 		for _, it := range batch {
@@ -186,10 +188,13 @@ loop:
 				s.Resumed++
 				continue
 			}
-			if err := s.step(ctx, t, rec, line, opts); err != nil {
-				return s, fmt.Errorf("line %d (seq %d): %w", line, rec.Seq, err)
+			if err := pl.push(ctx, rec, line); err != nil {
+				return s, err
 			}
 		}
+	}
+	if err := pl.drain(ctx); err != nil {
+		return s, err
 	}
 	if err := rs.finished(); err != nil {
 		return s, err
@@ -198,16 +203,13 @@ loop:
 	return s, nil
 }
 
-func (s *Summary) step(ctx context.Context, t Target, rec events.LogRecord, line int, opts Options) error {
+// record adds one input's outcome to the summary, in log order.
+func (s *Summary) record(rec events.LogRecord, line int, r pool.Ready, rejected error, opts Options) error {
 	ev := rec.Event
 	var ps *PoolSummary
 	if ev.Pool != "" {
 		ps = s.pool(ev.Pool)
 		ps.Inputs++
-	}
-	r, rejected, err := t.Step(ctx, ev)
-	if err != nil {
-		return err
 	}
 	if rejected != nil {
 		s.Rejected++
