@@ -235,8 +235,8 @@ func BenchmarkReplayDecodeOnly(b *testing.B) { benchReplay(b, true) }
 // The full replay into memory.
 func BenchmarkReplayMem(b *testing.B) { benchReplay(b, false) }
 
-// Replay into bbolt (--data), one transaction per input as Submit commits them, no fsync
-// (the default of `worker replay --data`). A smaller log: KPOOL_REPLAY_BOLT_INPUTS
+// Replay into bbolt (--data) through the committer, inputs pipelined with SubmitAsync,
+// no fsync (the default of `worker replay --data`). A smaller log: KPOOL_REPLAY_BOLT_INPUTS
 // (default 20 000) over 100 pools, compared with the memory replay of the same log.
 func BenchmarkReplayBolt(b *testing.B) {
 	n := 20_000
