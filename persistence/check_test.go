@@ -2,6 +2,7 @@ package persistence
 
 import (
 	"bytes"
+	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -73,7 +74,8 @@ func TestCheckFindsDamage(t *testing.T) {
 		{"counter drift", func(v *txView) error {
 			p, _, _ := v.Pool("p1")
 			p.Counts.Available++
-			return putJSON(v.pools, []byte("p1"), p)
+			data, _ := json.Marshal(p)
+			return v.pools.Put([]byte("p1"), data)
 		}, "recount"},
 		{"damaged ciphertext", func(v *txView) error {
 			b := append([]byte(nil), v.secrets.Get([]byte(refOf(2)))...)

@@ -3,7 +3,6 @@ package persistence
 import (
 	"bytes"
 	"slices"
-	"sort"
 	"time"
 
 	"github.com/kpool/kpool/pool"
@@ -43,10 +42,6 @@ func newOverlay() *overlay {
 	}
 }
 
-func (o *overlay) empty() bool {
-	return len(o.kps)+len(o.pools)+len(o.secrets)+len(o.seen)+len(o.expiry) == 0
-}
-
 // trim forgets the opinions of batches up to `committed`: the snapshot now has them.
 // Committed pool records move to the decoded cache, so they are never decoded again.
 func (o *overlay) trim(committed uint64, cache map[string]pool.Pool) {
@@ -73,11 +68,8 @@ func trimMap[T any](m map[string]op[T], committed uint64) {
 }
 
 func (o *overlay) putExpiry(k string, batch uint64) {
-	if _, ok := o.expiry[k]; !ok {
-		i := sort.SearchStrings(o.due, k)
-		if i == len(o.due) || o.due[i] != k {
-			o.due = slices.Insert(o.due, i, k)
-		}
+	if e, ok := o.expiry[k]; !ok || e.del {
+		o.due = append(o.due, k)
 	}
 	o.expiry[k] = op[struct{}]{batch: batch}
 }
@@ -175,15 +167,16 @@ func (v *ovView) sealed(id string) []byte {
 func (v *ovView) Due(until time.Time, fn func(pool.IndexEntry) bool) error {
 	end := timeKey(until)
 	isDue := func(k string) bool { return bytes.Compare([]byte(k[:min(len(k), timeKeyLen)]), end) <= 0 }
-	var extra []string
+	var extra []string // overlay puts that are due: usually none, they are recent
 	for _, k := range v.ov.due {
-		if !isDue(k) {
-			break
-		}
-		if e, ok := v.ov.expiry[k]; ok && !e.del {
-			extra = append(extra, k)
+		if isDue(k) {
+			if e, ok := v.ov.expiry[k]; ok && !e.del {
+				extra = append(extra, k)
+			}
 		}
 	}
+	slices.Sort(extra)
+	extra = slices.Compact(extra)
 	emit := func(k string) (bool, error) {
 		at, ref, ok := parseIndexKey([]byte(k))
 		if !ok {

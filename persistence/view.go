@@ -102,14 +102,6 @@ func (v *txView) Seen(eventID string) (bool, error) {
 
 func (v *txView) hasSecret(id string) bool { return v.secrets.Get([]byte(id)) != nil }
 
-func putJSON(b *bolt.Bucket, key []byte, val any) error {
-	data, err := json.Marshal(val)
-	if err != nil {
-		return err
-	}
-	return b.Put(key, data)
-}
-
 func seqOf(b []byte) uint64 {
 	if len(b) != 8 {
 		return 0
