@@ -30,7 +30,7 @@ type overlay struct {
 	secrets map[string]op[[]byte] // sealed
 	seen    map[string]op[uint64]
 	expiry  map[string]op[struct{}]
-	due     []string              // expiry keys put in the overlay, sorted (may hold deleted ones)
+	due     []string              // expiry keys put in the overlay, unordered (may repeat)
 	outbox  map[string]op[uint64] // outbound id → outbox key
 }
 
@@ -42,9 +42,16 @@ func newOverlay() *overlay {
 	}
 }
 
+// maxPoolCache bounds the decoded pool records kept between batches: a busy pool is
+// decoded once, and a worker with very many pools does not hold them all.
+const maxPoolCache = 4096
+
 // trim forgets the opinions of batches up to `committed`: the snapshot now has them.
-// Committed pool records move to the decoded cache, so they are never decoded again.
+// Committed pool records move to the decoded cache.
 func (o *overlay) trim(committed uint64, cache map[string]pool.Pool) {
+	if len(cache) > maxPoolCache {
+		clear(cache)
+	}
 	for k, e := range o.pools {
 		if e.batch <= committed {
 			cache[k] = e.v
