@@ -62,11 +62,10 @@ func (c *Core) Step(v View, in events.Event) (Ready, error) {
 	if err := t.due(); err != nil {
 		return Ready{}, err
 	}
-	force := map[string]bool{}
-	if err := c.apply(t, force); err != nil {
+	if err := c.apply(t); err != nil {
 		return Ready{}, err
 	}
-	t.finish(force)
+	t.finish()
 	if t.err != nil {
 		return Ready{}, t.err
 	}
@@ -105,11 +104,11 @@ func reject(in events.Event, code, ref, reason string, err error) *RejectError {
 	return &RejectError{Code: code, EventID: in.ID, Pool: in.Pool, Ref: ref, Reason: reason, Err: err}
 }
 
-func (c *Core) apply(t *txn, force map[string]bool) error {
+func (c *Core) apply(t *txn) error {
 	in := t.in
 	switch in.Type {
 	case events.TypePoolRegistered:
-		return c.register(t, force)
+		return c.register(t)
 	case events.TypeExpiryTick:
 		if in.Pool == "" {
 			return nil
@@ -121,7 +120,7 @@ func (c *Core) apply(t *txn, force map[string]bool) error {
 		if err != nil {
 			return err
 		}
-		force[p.ID] = true
+		t.force = p.ID
 		t.refill(p, true)
 		t.reissue(p)
 		return nil
@@ -276,30 +275,25 @@ func (t *txn) generated() error {
 		return reject(in, CodeOverCap, g.Ref, fmt.Sprintf("pool %s would hold %d KeyPackages (live + requested), over hard_cap %d", p.ID, n, cfg.HardCap), nil)
 	}
 	p.Requested, p.LastResortRequested = requested, lrRequested
-	k := &KeyPackage{
+	w := bucketWidth(cfg)
+	k := t.addKP(KeyPackage{
 		Ref: g.Ref, Pool: p.ID, State: fsm.Created, KeyPackage: g.KeyPackage,
 		NotBefore: g.NotBefore, NotAfter: g.NotAfter, LastResort: g.LastResort,
 		CreatedAt: t.now, ExpiresAt: expires, FreshUntil: notAfter.Add(-2 * cfg.ExpiryMargin),
-	}
-	w := bucketWidth(cfg)
-	k.Bucket = expires.Unix() / w * w
-	if p.Expiries == nil {
-		p.Expiries = map[int64]int{}
-	}
-	p.Expiries[k.Bucket]++
-	for _, c := range t.countsFor(p, k) {
-		c.Created++
-	}
-	if g.LastResort {
+		Bucket: expires.Unix() / w * w,
+	})
+	t.expiries(p)[k.Bucket]++
+	p.Counts.Created++
+	if k.LastResort {
+		p.LastResortCounts.Created++
 		p.LastResortPending = k.Ref
 	}
-	t.addKP(k)
 	t.transition(k, "", fsm.Created, string(events.TypeGenerated))
 	t.upload(p, k, 1)
 	return nil
 }
 
-func (c *Core) register(t *txn, force map[string]bool) error {
+func (c *Core) register(t *txn) error {
 	in := t.in
 	reg := in.Register
 	cfg := c.Effective(reg.Policy)
@@ -311,10 +305,9 @@ func (c *Core) register(t *txn, force map[string]bool) error {
 		return err
 	}
 	if !ok {
-		p = &Pool{ID: in.Pool, Identity: reg.Identity, CipherSuite: reg.CipherSuite,
-			SignatureKey: reg.SignatureKey, Policy: reg.Policy, Config: cfg, CreatedAt: t.now}
-		t.addPool(p)
-		force[p.ID] = true
+		t.addPool(Pool{ID: in.Pool, Identity: reg.Identity, CipherSuite: reg.CipherSuite,
+			SignatureKey: reg.SignatureKey, Policy: reg.Policy, Config: cfg, CreatedAt: t.now})
+		t.force = in.Pool
 		return nil
 	}
 	var diff string

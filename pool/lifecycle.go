@@ -47,16 +47,9 @@ func (t *txn) fire(p *Pool, k *KeyPackage, ev fsm.Event, reason string) error {
 		return nil
 	}
 	k.State = to
-	for _, c := range t.countsFor(p, k) {
-		if n := counter(c, from); n != nil {
-			*n--
-		}
-		if n := counter(c, to); n != nil {
-			*n++
-		}
-		if to == fsm.Deleted {
-			c.Deleted++
-		}
+	move(&p.Counts, from, to)
+	if k.LastResort {
+		move(&p.LastResortCounts, from, to)
 	}
 	if from == fsm.Available {
 		if k.Fresh && !k.LastResort {
@@ -90,23 +83,30 @@ func (t *txn) fire(p *Pool, k *KeyPackage, ev fsm.Event, reason string) error {
 	return nil
 }
 
-func (t *txn) countsFor(p *Pool, k *KeyPackage) []*events.Counts {
-	if k.LastResort {
-		return []*events.Counts{&p.Counts, &p.LastResortCounts}
+// move counts one KeyPackage leaving state from for state to (Deleted is cumulative).
+func move(c *events.Counts, from, to fsm.State) {
+	if n := counter(c, from); n != nil {
+		*n--
 	}
-	return []*events.Counts{&p.Counts}
+	if n := counter(c, to); n != nil {
+		*n++
+	}
+	if to == fsm.Deleted {
+		c.Deleted++
+	}
 }
 
 func (t *txn) unbucket(p *Pool, k *KeyPackage) {
-	if p.Expiries[k.Bucket]--; p.Expiries[k.Bucket] <= 0 {
-		delete(p.Expiries, k.Bucket)
+	e := t.expiries(p)
+	if e[k.Bucket]--; e[k.Bucket] <= 0 {
+		delete(e, k.Bucket)
 	}
 }
 
 // settle runs every timed action of k that is due at now, in order. Each KeyPackage has
 // exactly one deadline, so a Step's timer work is proportional to what is due.
 func (t *txn) settle(p *Pool, k *KeyPackage) error {
-	for i := 0; !t.purged[k.Ref] && !k.Deadline.After(t.now); i++ {
+	for i := 0; !t.purgedRef(k.Ref) && !k.Deadline.After(t.now); i++ {
 		if i > 8 { // every action moves the deadline forward or ends the record
 			return fmt.Errorf("pool: KeyPackage %s stuck at deadline %s in state %s", k.Ref, k.Deadline, k.State)
 		}

@@ -2,7 +2,6 @@ package pool
 
 import (
 	"fmt"
-	"maps"
 	"slices"
 	"time"
 
@@ -115,7 +114,14 @@ func nextExpiry(p *Pool) *time.Time {
 	if len(p.Expiries) == 0 {
 		return nil
 	}
-	at := time.Unix(slices.Min(slices.Collect(maps.Keys(p.Expiries))), 0).UTC()
+	first := true
+	var m int64
+	for b := range p.Expiries { // no key slice: this runs twice per pool and Step
+		if first || b < m {
+			m, first = b, false
+		}
+	}
+	at := time.Unix(m, 0).UTC()
 	return &at
 }
 
@@ -139,16 +145,18 @@ func sameStatus(a, b events.Status) bool {
 }
 
 // finish runs the policy on every pool this Step touched: refill, alerts, status.
-func (t *txn) finish(force map[string]bool) {
-	for _, id := range slices.Sorted(maps.Keys(t.pools)) {
-		p := t.pools[id]
-		t.refill(p, force[id])
+func (t *txn) finish() {
+	slices.Sort(t.poolIDs)
+	for _, id := range t.poolIDs {
+		e := t.pools[id]
+		p := &e.p
+		t.refill(p, t.force == id)
 		st := t.status(p)
-		before := t.before[id]
-		if before != nil && sameStatus(*before, st) {
+		before := &e.before
+		if !e.isNew && sameStatus(*before, st) {
 			continue
 		}
-		if before != nil && before.Health != st.Health {
+		if !e.isNew && before.Health != st.Health {
 			switch st.Health {
 			case events.HealthDepleted:
 				detail := "no available KeyPackage left and no last resort"

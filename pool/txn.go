@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/kpool/kpool/events"
@@ -13,19 +14,23 @@ import (
 
 // txn is one Step's overlay on a View: records read are copied, changed in place and
 // written back as a Ready. Nothing reaches the View; a rejected input just drops it.
+//
+// A Step touches a handful of records, so the overlay is kept lean: one map of pools and
+// one of KeyPackages, each entry carrying what the Ready needs about it, and the key
+// lists kept beside them so that finish and ready sort in place instead of collecting
+// map keys.
 type txn struct {
-	v    View
-	in   events.Event
-	seq  uint64
-	now  time.Time
-	meta Meta
+	v     View
+	in    events.Event
+	seq   uint64
+	now   time.Time
+	meta  Meta
+	force string // the pool whose refill is forced (registration, replenish), or ""
 
-	pools     map[string]*Pool
-	before    map[string]*events.Status // status of each pool as loaded (nil: new pool)
-	kps       map[string]*KeyPackage
-	deadlines map[string]time.Time // index key of each loaded KeyPackage as stored
-	stored    map[string]bool      // the KeyPackage exists in the View
-	purged    map[string]bool
+	pools   map[string]*poolEntry
+	poolIDs []string // keys of pools
+	kps     map[string]*kpEntry
+	refs    []string // keys of kps
 
 	erase    []string
 	outbox   []events.Outbound
@@ -34,57 +39,102 @@ type txn struct {
 	err      error
 }
 
+// poolEntry is a pool as this Step sees it.
+type poolEntry struct {
+	p      Pool
+	before events.Status // status as loaded, compared by finish
+	isNew  bool          // registered by this Step: there is no status before
+	// ownExpiries: p.Expiries is this Step's copy. The map loaded from the View is the
+	// View's own (MemStore and the persistence overlay share it), so it is copied on
+	// the first write, not on every load: most Steps never change a pool's buckets.
+	ownExpiries bool
+}
+
+// kpEntry is a KeyPackage as this Step sees it.
+type kpEntry struct {
+	k        KeyPackage
+	deadline time.Time // index key as stored (meaningful when stored)
+	stored   bool      // the KeyPackage exists in the View
+	purged   bool      // its tombstone is removed by this Step
+}
+
 func newTxn(v View, in events.Event, meta Meta, now time.Time) *txn {
 	return &txn{
 		v: v, in: in, meta: meta, seq: meta.Seq + 1, now: now,
-		pools: map[string]*Pool{}, before: map[string]*events.Status{},
-		kps: map[string]*KeyPackage{}, deadlines: map[string]time.Time{},
-		stored: map[string]bool{}, purged: map[string]bool{},
+		pools: make(map[string]*poolEntry, 1), kps: make(map[string]*kpEntry, 2),
 	}
 }
 
-// pool loads a pool into the overlay (copying what a View might share).
+// pool loads a pool into the overlay. Its byte slices and Extra map are shared with
+// the View: the core never writes to them (Expiries is copied on first write).
 func (t *txn) pool(id string) (*Pool, bool, error) {
-	if p, ok := t.pools[id]; ok {
-		return p, true, nil
+	if e, ok := t.pools[id]; ok {
+		return &e.p, true, nil
 	}
 	p, ok, err := t.v.Pool(id)
 	if err != nil || !ok {
 		return nil, false, err
 	}
-	p.Expiries = maps.Clone(p.Expiries)
-	p.Extra = maps.Clone(p.Extra)
-	p.SignatureKey = slices.Clone(p.SignatureKey)
-	t.pools[id] = &p
-	st := t.status(&p)
-	t.before[id] = &st
-	return &p, true, nil
+	e := &poolEntry{p: p}
+	e.before = t.status(&e.p)
+	t.pools[id] = e
+	t.poolIDs = append(t.poolIDs, id)
+	return &e.p, true, nil
 }
 
-func (t *txn) addPool(p *Pool) { t.pools[p.ID] = p; t.before[p.ID] = nil }
+// addPool adds a pool registered by this Step and returns the overlay's copy.
+func (t *txn) addPool(p Pool) *Pool {
+	e := &poolEntry{p: p, isNew: true, ownExpiries: true}
+	t.pools[p.ID] = e
+	t.poolIDs = append(t.poolIDs, p.ID)
+	return &e.p
+}
 
-// kp loads a KeyPackage into the overlay.
-func (t *txn) kp(ref string) (*KeyPackage, bool, error) {
-	if t.purged[ref] {
-		return nil, false, nil
+// expiries returns p's bucket counts for writing, copying the View's map first.
+func (t *txn) expiries(p *Pool) map[int64]int {
+	if e := t.pools[p.ID]; !e.ownExpiries {
+		p.Expiries = maps.Clone(p.Expiries)
+		e.ownExpiries = true
 	}
-	if k, ok := t.kps[ref]; ok {
-		return k, true, nil
+	if p.Expiries == nil {
+		p.Expiries = map[int64]int{}
+	}
+	return p.Expiries
+}
+
+// kp loads a KeyPackage into the overlay. Its bytes are shared with the View: the
+// core never writes to them.
+func (t *txn) kp(ref string) (*KeyPackage, bool, error) {
+	if e, ok := t.kps[ref]; ok {
+		if e.purged {
+			return nil, false, nil
+		}
+		return &e.k, true, nil
 	}
 	k, ok, err := t.v.KeyPackage(ref)
 	if err != nil || !ok {
 		return nil, false, err
 	}
-	k.KeyPackage = slices.Clone(k.KeyPackage)
-	t.kps[ref] = &k
-	t.deadlines[ref] = k.Deadline
-	t.stored[ref] = true
-	return &k, true, nil
+	e := &kpEntry{k: k, deadline: k.Deadline, stored: true}
+	t.kps[ref] = e
+	t.refs = append(t.refs, ref)
+	return &e.k, true, nil
 }
 
-func (t *txn) addKP(k *KeyPackage) { t.kps[k.Ref] = k }
+// addKP adds a KeyPackage generated by this Step and returns the overlay's copy.
+func (t *txn) addKP(k KeyPackage) *KeyPackage {
+	e := &kpEntry{k: k}
+	t.kps[k.Ref] = e
+	t.refs = append(t.refs, k.Ref)
+	return &e.k
+}
 
-func (t *txn) purge(k *KeyPackage) { t.purged[k.Ref] = true }
+func (t *txn) purge(k *KeyPackage) { t.kps[k.Ref].purged = true }
+
+func (t *txn) purgedRef(ref string) bool {
+	e, ok := t.kps[ref]
+	return ok && e.purged
+}
 
 // emit appends an outbox message with a deterministic id "<seq>-<n>".
 func (t *txn) emit(kind events.Kind, pool string, body any) {
@@ -93,7 +143,10 @@ func (t *txn) emit(kind events.Kind, pool string, body any) {
 		t.err = fmt.Errorf("pool: encoding %s message: %w", kind, err)
 		return
 	}
-	t.outbox = append(t.outbox, events.Outbound{ID: fmt.Sprintf("%d-%d", t.seq, len(t.outbox)+1), Kind: kind, Pool: pool, Body: b})
+	id := strconv.AppendUint(make([]byte, 0, 24), t.seq, 10)
+	id = append(id, '-')
+	id = strconv.AppendInt(id, int64(len(t.outbox)+1), 10)
+	t.outbox = append(t.outbox, events.Outbound{ID: string(id), Kind: kind, Pool: pool, Body: b})
 }
 
 func (t *txn) alert(pool, kind, detail string) {
@@ -118,27 +171,34 @@ func (t *txn) ready() Ready {
 		Seq: t.seq, Input: t.in, Meta: Meta{Seq: t.seq, Time: t.now},
 		Erase: t.erase, Outbox: t.outbox, Generate: t.generate, Transitions: t.trans,
 	}
-	for _, id := range slices.Sorted(maps.Keys(t.pools)) {
-		r.Pools = append(r.Pools, *t.pools[id])
+	slices.Sort(t.poolIDs)
+	if len(t.poolIDs) > 0 {
+		r.Pools = make([]Pool, 0, len(t.poolIDs))
 	}
-	for _, ref := range slices.Sorted(maps.Keys(t.kps)) {
-		k := t.kps[ref]
-		old, had := t.deadlines[ref]
-		if t.purged[ref] {
-			if t.stored[ref] {
+	for _, id := range t.poolIDs {
+		r.Pools = append(r.Pools, t.pools[id].p)
+	}
+	slices.Sort(t.refs)
+	for _, ref := range t.refs {
+		e := t.kps[ref]
+		if e.purged {
+			if e.stored {
 				r.Purge = append(r.Purge, ref)
-				r.IndexDel = append(r.IndexDel, IndexEntry{At: old, Ref: ref})
+				r.IndexDel = append(r.IndexDel, IndexEntry{At: e.deadline, Ref: ref})
 			}
 			continue
 		}
-		r.KeyPackages = append(r.KeyPackages, *k)
-		if had && old.Equal(k.Deadline) {
+		if r.KeyPackages == nil {
+			r.KeyPackages = make([]KeyPackage, 0, len(t.refs))
+		}
+		r.KeyPackages = append(r.KeyPackages, e.k)
+		if e.stored && e.deadline.Equal(e.k.Deadline) {
 			continue
 		}
-		if had {
-			r.IndexDel = append(r.IndexDel, IndexEntry{At: old, Ref: ref})
+		if e.stored {
+			r.IndexDel = append(r.IndexDel, IndexEntry{At: e.deadline, Ref: ref})
 		}
-		r.IndexPut = append(r.IndexPut, IndexEntry{At: k.Deadline, Ref: ref})
+		r.IndexPut = append(r.IndexPut, IndexEntry{At: e.k.Deadline, Ref: ref})
 	}
 	return r
 }
