@@ -1,7 +1,6 @@
 package pool
 
 import (
-	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -138,7 +137,7 @@ func (t *txn) purgedRef(ref string) bool {
 
 // emit appends an outbox message with a deterministic id "<seq>-<n>".
 func (t *txn) emit(kind events.Kind, pool string, body any) {
-	b, err := json.Marshal(body)
+	b, err := encodeBody(body)
 	if err != nil { // plain structs: cannot fail, but never panic in the core
 		t.err = fmt.Errorf("pool: encoding %s message: %w", kind, err)
 		return
