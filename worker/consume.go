@@ -136,7 +136,18 @@ func (l *lanes) run(poolID string, ch chan jetstream.Msg) {
 	for {
 		select {
 		case msg := <-ch:
-			l.w.handle(msg)
+			// Take whatever else of this pool is already queued: its inputs are queued on
+			// the committer together, in order, and so share a transaction.
+			msgs := []jetstream.Msg{msg}
+			for more := true; more && len(msgs) < cap(ch); {
+				select {
+				case m := <-ch:
+					msgs = append(msgs, m)
+				default:
+					more = false
+				}
+			}
+			l.w.handleInOrder(msgs)
 		default:
 			l.mu.Lock()
 			if len(ch) == 0 {
@@ -161,38 +172,67 @@ func isPublic(t events.Type) bool {
 	return false
 }
 
-// handle applies one inbound message. Bad input → dead letter, then ack. A committed
-// effect (or a duplicate) → ack. A store failure → nak with delay: the message is
-// redelivered, and the event id keeps a second delivery from applying twice.
-func (w *Worker) handle(msg jetstream.Msg) {
-	start := time.Now()
-	ev, err := w.decode(msg)
-	if err != nil {
-		w.deadLetter(msg, bestEffortID(msg.Data()), err)
-		w.ack(msg)
-		return
+// handle applies one inbound message (see handleInOrder).
+func (w *Worker) handle(msg jetstream.Msg) { w.handleInOrder([]jetstream.Msg{msg}) }
+
+// handleInOrder applies inbound messages in order. Bad input → dead letter, then ack. A
+// committed effect (or a duplicate) → ack. A store failure → nak with delay: the message
+// is redelivered, and the event id keeps a second delivery from applying twice. All valid
+// messages are queued on the committer before waiting for the first, so consecutive
+// messages share a transaction instead of paying one fsync each.
+func (w *Worker) handleInOrder(msgs []jetstream.Msg) {
+	type queued struct {
+		msg     jetstream.Msg
+		ev      events.Event
+		start   time.Time
+		pending *persistence.Pending
 	}
-	res, err := w.submit(persistence.Input{Event: ev})
-	if err != nil {
-		w.metrics.events.WithLabelValues(string(ev.Type), "retry").Inc()
-		w.log.Error("commit failed; the message will be redelivered", "event", ev.ID, "err", err)
-		_ = msg.NakWithDelay(time.Second)
-		return
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var inFlight []queued
+	for _, msg := range msgs {
+		start := time.Now()
+		ev, err := w.decode(msg)
+		if err != nil {
+			w.deadLetter(msg, bestEffortID(msg.Data()), err)
+			w.ack(msg)
+			continue
+		}
+		p, err := w.committer.SubmitAsync(ctx, persistence.Input{Event: ev})
+		if err != nil {
+			w.commitFailed(msg, ev, err)
+			continue
+		}
+		inFlight = append(inFlight, queued{msg, ev, start, p})
 	}
-	if res.Err != nil {
-		w.deadLetter(msg, ev.ID, res.Err)
-		w.reportRefusedTransition(ev, res.Err)
-		w.ack(msg)
-		return
+	for _, q := range inFlight {
+		res, err := q.pending.Wait(ctx)
+		if err != nil {
+			w.commitFailed(q.msg, q.ev, err)
+			continue
+		}
+		if res.Err != nil {
+			w.deadLetter(q.msg, q.ev.ID, res.Err)
+			w.reportRefusedTransition(q.ev, res.Err)
+			w.ack(q.msg)
+			continue
+		}
+		w.afterCommit(res.Ready)
+		result := "applied"
+		if res.Ready.Duplicate {
+			result = "duplicate"
+		}
+		w.log.Debug("event", "subject", q.msg.Subject(), "id", q.ev.ID, "result", result)
+		w.metrics.events.WithLabelValues(string(q.ev.Type), result).Inc()
+		w.metrics.stepSeconds.Observe(time.Since(q.start).Seconds())
+		w.ack(q.msg)
 	}
-	result := "applied"
-	if res.Ready.Duplicate {
-		result = "duplicate"
-	}
-	w.log.Debug("event", "subject", msg.Subject(), "id", ev.ID, "result", result)
-	w.metrics.events.WithLabelValues(string(ev.Type), result).Inc()
-	w.metrics.stepSeconds.Observe(time.Since(start).Seconds())
-	w.ack(msg)
+}
+
+func (w *Worker) commitFailed(msg jetstream.Msg, ev events.Event, err error) {
+	w.metrics.events.WithLabelValues(string(ev.Type), "retry").Inc()
+	w.log.Error("commit failed; the message will be redelivered", "event", ev.ID, "err", err)
+	_ = msg.NakWithDelay(time.Second)
 }
 
 // decode validates a message: size, JSON, fields, subject, origin and time skew.
