@@ -1,9 +1,6 @@
 package pool
 
-import (
-	"hash/fnv"
-	"time"
-)
+import "time"
 
 // orderedIndex is an in-memory ordered set of IndexEntry (a treap whose priorities are
 // a hash of the key: balanced on average, and deterministic).
@@ -25,11 +22,20 @@ func less(a, b IndexEntry) bool {
 	return a.Ref < b.Ref
 }
 
+// prio is FNV-1a of the ref and the time's Unix nanoseconds, computed in place: this
+// runs on every index put, and formatting the time as text allocated each time.
 func prio(e IndexEntry) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(e.Ref))
-	h.Write([]byte(e.At.UTC().Format(time.RFC3339Nano)))
-	return h.Sum64()
+	const offset, prime = 14695981039346656037, 1099511628211
+	h := uint64(offset)
+	for i := 0; i < len(e.Ref); i++ {
+		h = (h ^ uint64(e.Ref[i])) * prime
+	}
+	ns := uint64(e.At.UnixNano())
+	for range 8 {
+		h = (h ^ ns&0xff) * prime
+		ns >>= 8
+	}
+	return h
 }
 
 // split divides t into keys < e and keys >= e.
