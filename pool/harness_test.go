@@ -64,7 +64,7 @@ func snapshot(m *MemStore) string {
 		Pools map[string]Pool
 		KPs   map[string]KeyPackage
 		Index []IndexEntry
-		Seen  map[string]bool
+		Seen  map[string]uint64
 	}{m.meta, m.pools, m.kps, idx, m.seen})
 	return string(b)
 }
