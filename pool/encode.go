@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/kpool/kpool/events"
 )
@@ -22,17 +23,24 @@ func encodeBody(body any) ([]byte, error) {
 		b   []byte
 		err error
 	)
+	// Each buffer is sized for the keys, the strings, times and numbers of typical
+	// width, so that it is allocated once (a body needing escapes may grow it).
 	switch v := body.(type) {
 	case events.Transition:
-		b, err = appendTransition(make([]byte, 0, 256), &v)
+		n := 128 + timeLen + len(v.Pool) + len(v.Ref) + len(v.From) + len(v.To) + len(v.Event) + len(v.EventID) + len(v.Error)
+		b, err = appendTransition(make([]byte, 0, n), &v)
 	case events.Status:
-		b, err = appendStatus(make([]byte, 0, 384), &v)
+		n := 384 + 2*timeLen + len(v.Pool) + len(v.Identity) + len(v.Health) + len(v.LastResortRef)
+		b, err = appendStatus(make([]byte, 0, n), &v)
 	case events.Alert:
-		b, err = appendAlert(make([]byte, 0, 256), &v)
+		n := 64 + timeLen + len(v.Pool) + len(v.Kind) + len(v.Detail)
+		b, err = appendAlert(make([]byte, 0, n), &v)
 	case events.Upload:
-		b, err = appendUpload(make([]byte, 0, 160+base64.StdEncoding.EncodedLen(len(v.KeyPackage))), &v)
+		n := 128 + len(v.Pool) + len(v.Ref) + base64.StdEncoding.EncodedLen(len(v.KeyPackage))
+		b, err = appendUpload(make([]byte, 0, n), &v)
 	case events.Withdraw:
-		b, err = appendWithdraw(make([]byte, 0, 192), &v)
+		n := 48 + len(v.Pool) + len(v.Ref) + len(v.Reason)
+		b, err = appendWithdraw(make([]byte, 0, n), &v)
 	default:
 		return json.Marshal(body)
 	}
@@ -126,21 +134,39 @@ func appendStringField(b []byte, key, s string) []byte {
 	return appendString(append(b, key...), s)
 }
 
-// appendString quotes s as encoding/json does. Refs, ids, states and pool names are
-// plain ASCII and are copied as they are; anything else (quotes, control characters,
-// HTML-sensitive <, > and &, non-ASCII) goes through json.Marshal, which never fails
-// on a string.
+// appendString quotes s as encoding/json does. Printable ASCII and valid UTF-8 (refs,
+// ids, pool names, reasons such as "not_after − expiry_margin") are copied as they are;
+// a string with anything encoding/json escapes or replaces (quotes, backslashes,
+// control characters, HTML-sensitive <, > and &, U+2028, U+2029, invalid UTF-8) goes
+// through json.Marshal, which never fails on a string.
 func appendString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			q, _ := json.Marshal(s)
-			return append(b, q...)
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c < 0x20 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+				return appendMarshaled(b, s)
+			}
+			i++
+			continue
 		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 || r == '\u2028' || r == '\u2029' {
+			return appendMarshaled(b, s)
+		}
+		i += size
 	}
 	b = append(b, '"')
 	b = append(b, s...)
 	return append(b, '"')
 }
+
+func appendMarshaled(b []byte, s string) []byte {
+	q, _ := json.Marshal(s)
+	return append(b, q...)
+}
+
+// timeLen is the longest quoted RFC 3339 time json.Marshal writes.
+const timeLen = len(`"2006-01-02T15:04:05.999999999-07:00"`)
 
 // appendTime writes t as time.Time.MarshalJSON does (RFC 3339 with nanoseconds),
 // without its allocation. The error is MarshalJSON's for a time it refuses.

@@ -14,7 +14,7 @@ import (
 // strs are the strings the random values draw from: plain ones (the fast path) and every
 // kind json.Marshal escapes or replaces.
 var strs = []string{"", "p1", "0f3a9c", "created", "e-17", "pool/with spaces", `quote"d`, `back\slash`,
-	"<script>&amp;", "a&b", "x>y", "x<y", "tab\there", "nl\n\r", "\x00\x1f\x7f", "héllo", "日本", "bad utf8 \xff\xfe", "\u2028\u2029", "emoji 🙂"}
+	"<script>&amp;", "a&b", "x>y", "x<y", "tab\there", "nl\n\r", "\x00\x1f\x7f", "del\x7f", "not_after − expiry_margin", "trunc \xe2\x88", "héllo", "日本", "bad utf8 \xff\xfe", "\u2028\u2029", "only \u2029", "only \u2028", "emoji 🙂"}
 
 // fill sets every field of the struct v points to to a random value. A field of a kind
 // it does not know fails the test, so a field added to an outbound type cannot slip
@@ -47,7 +47,15 @@ func fill(t *testing.T, rng *rand.Rand, v reflect.Value) {
 				f.SetBytes(b)
 			}
 		case f.Kind() == reflect.String:
-			f.SetString(strs[rng.IntN(len(strs))])
+			if rng.IntN(4) == 0 { // any bytes at all
+				b := make([]byte, rng.IntN(12))
+				for j := range b {
+					b[j] = byte(rng.Uint32())
+				}
+				f.SetString(string(b))
+			} else {
+				f.SetString(strs[rng.IntN(len(strs))])
+			}
 		case f.Kind() == reflect.Bool:
 			f.SetBool(rng.IntN(2) == 0)
 		case f.CanInt():
@@ -130,6 +138,28 @@ func TestEncodeBodyFastPath(t *testing.T) {
 	} {
 		if n := testing.AllocsPerRun(50, func() { encodeBody(body) }); n > 2 {
 			t.Errorf("%T: %.0f allocations, want at most 2 (the buffer, the interface)", body, n)
+		}
+	}
+}
+
+// The buffer is sized once for typical bodies: one allocation, no growth.
+func TestEncodeBodyOneAllocation(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector changes allocation counts")
+	}
+	now := time.Date(2026, 11, 25, 12, 0, 0, 123456789, time.UTC)
+	ref := "0f3a9c0f3a9c0f3a9c0f3a9c0f3a9c0f3a9c0f3a9c0f3a9c0f3a9c0f3a9c0f3a"
+	for _, body := range []any{
+		events.Transition{Pool: "pool-0001", Ref: ref, From: "created", To: "available", Event: "upload_ack", EventID: "gen-" + ref, Time: now},
+		events.Status{Pool: "pool-0001", Identity: "alice@example.org", CipherSuite: 1, Seq: 1 << 40, Time: now, Health: "healthy",
+			Counts:         events.Counts{Created: 100000, Available: 100000, Claimed: 100000, Expired: 100000, Deleted: 1 << 40},
+			AvailableFresh: 100000, Target: 100000, LowWatermark: 100000, HardCap: 1000000, LastResortRef: ref, NextExpiry: &now},
+		events.Alert{Pool: "pool-0001", Kind: "claim_storm", Detail: "12 claims within 5m with 3 fresh KeyPackages: the pool may empty before a refill lands", Time: now},
+		events.Upload{Pool: "pool-0001", Ref: ref, KeyPackage: make([]byte, 300), NotAfter: 1 << 40, LastResort: true, Attempt: 5},
+		events.Withdraw{Pool: "pool-0001", Ref: ref, Reason: "held past not_after − expiry_margin until replacement " + ref + " was acknowledged"},
+	} {
+		if n := testing.AllocsPerRun(50, func() { encodeBody(body) }); n != 1 {
+			t.Errorf("%T: %.0f allocations, want 1 (the buffer)", body, n)
 		}
 	}
 }
