@@ -11,15 +11,32 @@ type orderedIndex struct {
 
 type node struct {
 	e           IndexEntry
+	k           ikey
 	prio        uint64
 	left, right *node
 }
 
-func less(a, b IndexEntry) bool {
-	if !a.At.Equal(b.At) {
-		return a.At.Before(b.At)
+// ikey is an entry's sort key with the time as plain integers: comparing two
+// time.Time values (Equal, then Before) dominated the walks down the tree.
+type ikey struct {
+	sec  int64 // Unix seconds
+	nsec int32 // nanoseconds within the second
+	ref  string
+}
+
+func keyOf(e IndexEntry) ikey {
+	return ikey{sec: e.At.Unix(), nsec: int32(e.At.Nanosecond()), ref: e.Ref}
+}
+
+// less orders keys by time, then ref: the order of IndexEntry.
+func less(a, b ikey) bool {
+	if a.sec != b.sec {
+		return a.sec < b.sec
 	}
-	return a.Ref < b.Ref
+	if a.nsec != b.nsec {
+		return a.nsec < b.nsec
+	}
+	return a.ref < b.ref
 }
 
 // prio is FNV-1a of the ref and the time's Unix nanoseconds, computed in place: this
@@ -38,17 +55,17 @@ func prio(e IndexEntry) uint64 {
 	return h
 }
 
-// split divides t into keys < e and keys >= e.
-func split(t *node, e IndexEntry) (*node, *node) {
+// split divides t into keys < k and keys >= k.
+func split(t *node, k ikey) (*node, *node) {
 	if t == nil {
 		return nil, nil
 	}
-	if less(t.e, e) {
-		l, r := split(t.right, e)
+	if less(t.k, k) {
+		l, r := split(t.right, k)
 		t.right = l
 		return t, r
 	}
-	l, r := split(t.left, e)
+	l, r := split(t.left, k)
 	t.left = r
 	return l, t
 }
@@ -67,13 +84,13 @@ func merge(a, b *node) *node {
 	return b
 }
 
-func (x *orderedIndex) has(e IndexEntry) bool {
+func (x *orderedIndex) has(k ikey) bool {
 	t := x.root
 	for t != nil {
 		switch {
-		case less(e, t.e):
+		case less(k, t.k):
 			t = t.left
-		case less(t.e, e):
+		case less(t.k, k):
 			t = t.right
 		default:
 			return true
@@ -83,19 +100,21 @@ func (x *orderedIndex) has(e IndexEntry) bool {
 }
 
 func (x *orderedIndex) put(e IndexEntry) {
-	if x.has(e) {
+	k := keyOf(e)
+	if x.has(k) {
 		return
 	}
-	l, r := split(x.root, e)
-	x.root = merge(merge(l, &node{e: e, prio: prio(e)}), r)
+	l, r := split(x.root, k)
+	x.root = merge(merge(l, &node{e: e, k: k, prio: prio(e)}), r)
 	x.n++
 }
 
 func (x *orderedIndex) del(e IndexEntry) {
-	if !x.has(e) {
+	k := keyOf(e)
+	if !x.has(k) {
 		return
 	}
-	l, r := split(x.root, e)
+	l, r := split(x.root, k)
 	// r's smallest key is e: drop it
 	var drop func(t *node) *node
 	drop = func(t *node) *node {
@@ -111,6 +130,7 @@ func (x *orderedIndex) del(e IndexEntry) {
 
 // ascend calls fn in order for entries with At <= until, until fn returns false.
 func (x *orderedIndex) ascend(until time.Time, fn func(IndexEntry) bool) {
+	usec, unsec := until.Unix(), int32(until.Nanosecond())
 	var walk func(t *node) bool
 	walk = func(t *node) bool {
 		if t == nil {
@@ -119,7 +139,7 @@ func (x *orderedIndex) ascend(until time.Time, fn func(IndexEntry) bool) {
 		if !walk(t.left) {
 			return false
 		}
-		if t.e.At.After(until) {
+		if t.k.sec > usec || t.k.sec == usec && t.k.nsec > unsec { // t.e.At.After(until)
 			return false
 		}
 		if !fn(t.e) {

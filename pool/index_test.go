@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -14,7 +15,9 @@ func TestOrderedIndexMatchesSortedSet(t *testing.T) {
 	var x orderedIndex
 	ref := map[IndexEntry]bool{}
 	for i := range 20000 {
-		e := IndexEntry{At: start.Add(time.Duration(rng.IntN(500)) * time.Minute), Ref: fmt.Sprint("r", rng.IntN(300))}
+		// minutes, and sometimes a few nanoseconds either side of one: the key splits seconds and nanoseconds
+		at := start.Add(time.Duration(rng.IntN(500))*time.Minute + time.Duration(rng.IntN(3)-1)*time.Duration(rng.IntN(2)))
+		e := IndexEntry{At: at, Ref: fmt.Sprint("r", rng.IntN(300))}
 		if rng.IntN(3) == 0 {
 			x.del(e)
 			delete(ref, e)
@@ -32,11 +35,11 @@ func TestOrderedIndexMatchesSortedSet(t *testing.T) {
 				want = append(want, e)
 			}
 		}
-		slices.SortFunc(want, func(a, b IndexEntry) int {
-			if less(a, b) {
-				return -1
+		slices.SortFunc(want, func(a, b IndexEntry) int { // (At, Ref), independently of the treap's key
+			if c := a.At.Compare(b.At); c != 0 {
+				return c
 			}
-			return 1
+			return strings.Compare(a.Ref, b.Ref)
 		})
 		x.ascend(until, func(e IndexEntry) bool { got = append(got, e); return true })
 		if !slices.Equal(got, want) || x.n != len(ref) {
