@@ -99,33 +99,56 @@ func (x *orderedIndex) has(k ikey) bool {
 	return false
 }
 
+// put adds e unless present. The new node goes down only to where its priority
+// places it and splits just the subtree below: about half the node visits (and
+// writes) of splitting the whole tree and merging it back.
 func (x *orderedIndex) put(e IndexEntry) {
 	k := keyOf(e)
 	if x.has(k) {
 		return
 	}
-	l, r := split(x.root, k)
-	x.root = merge(merge(l, &node{e: e, k: k, prio: prio(e)}), r)
+	x.root = insert(x.root, &node{e: e, k: k, prio: prio(e)})
 	x.n++
 }
 
+// insert adds n, whose key is not in t, and returns the new root of t.
+func insert(t, n *node) *node {
+	if t == nil {
+		return n
+	}
+	if n.prio > t.prio {
+		n.left, n.right = split(t, n.k)
+		return n
+	}
+	if less(n.k, t.k) {
+		t.left = insert(t.left, n)
+	} else {
+		t.right = insert(t.right, n)
+	}
+	return t
+}
+
+// del removes e if present: the node found is replaced by the merge of its children.
 func (x *orderedIndex) del(e IndexEntry) {
 	k := keyOf(e)
 	if !x.has(k) {
 		return
 	}
-	l, r := split(x.root, k)
-	// r's smallest key is e: drop it
-	var drop func(t *node) *node
-	drop = func(t *node) *node {
-		if t.left == nil {
-			return t.right
-		}
-		t.left = drop(t.left)
-		return t
-	}
-	x.root = merge(l, drop(r))
+	x.root = remove(x.root, k)
 	x.n--
+}
+
+// remove deletes key k, which is in t, and returns the new root of t.
+func remove(t *node, k ikey) *node {
+	switch {
+	case less(k, t.k):
+		t.left = remove(t.left, k)
+	case less(t.k, k):
+		t.right = remove(t.right, k)
+	default:
+		return merge(t.left, t.right)
+	}
+	return t
 }
 
 // ascend calls fn in order for entries with At <= until, until fn returns false.

@@ -53,3 +53,26 @@ func TestOrderedIndexMatchesSortedSet(t *testing.T) {
 		t.Fatalf("ascend did not stop: %d", n)
 	}
 }
+
+// Entries arriving in time order (the common case: deadlines move forward) must not
+// degrade the treap into a list.
+func TestOrderedIndexStaysBalanced(t *testing.T) {
+	var x orderedIndex
+	for i := range 100_000 {
+		x.put(IndexEntry{At: start.Add(time.Duration(i) * time.Second), Ref: "r"})
+		if i%2 == 1 {
+			x.del(IndexEntry{At: start.Add(time.Duration(i-1) * time.Second), Ref: "r"})
+		}
+	}
+	var depth func(n *node) int
+	depth = func(n *node) int {
+		if n == nil {
+			return 0
+		}
+		return 1 + max(depth(n.left), depth(n.right))
+	}
+	// log2(50 000) ≈ 16; a random treap's depth stays within a small multiple of it
+	if d := depth(x.root); x.n != 50_000 || d > 64 {
+		t.Fatalf("%d entries, depth %d", x.n, d)
+	}
+}
