@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/persistence"
@@ -31,6 +32,8 @@ type BoltOptions struct {
 	// a crash of the process (the resume test kills it) but not of the machine; a replay
 	// can always be run again from its log.
 	Fsync bool
+	// JournalRetention is the persistence option of the same name (0 = keep all).
+	JournalRetention time.Duration
 }
 
 // BoltTarget replays into a bbolt database through the persistence committer, exactly
@@ -49,7 +52,7 @@ func OpenBolt(dir string, core *pool.Core, o BoltOptions) (*BoltTarget, error) {
 	if o.KeyFile == "" {
 		o.KeyFile = filepath.Join(dir, KeyFile)
 	}
-	st, err := persistence.Open(filepath.Join(dir, DBFile), persistence.Options{KeyFile: o.KeyFile, NoSync: !o.Fsync})
+	st, err := persistence.Open(filepath.Join(dir, DBFile), persistence.Options{KeyFile: o.KeyFile, NoSync: !o.Fsync, JournalRetention: o.JournalRetention})
 	if err != nil {
 		return nil, err
 	}

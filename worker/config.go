@@ -70,6 +70,11 @@ type Config struct {
 	Rand io.Reader
 	// NoSync skips fsync in the store (tests only).
 	NoSync bool
+	// JournalRetention keeps journal entries, and the dedup ids they carry, whose event
+	// time is within this long of the newest (0 = keep everything). A redelivery older
+	// than this is no longer recognised as a duplicate; `replay --verify` and `log
+	// export` see only what is kept.
+	JournalRetention time.Duration
 }
 
 // ErrConfig marks an invalid worker configuration.

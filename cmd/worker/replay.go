@@ -47,6 +47,7 @@ func runReplay(args []string, stdout, stderr io.Writer) int {
 	strict := fs.Bool("stop-on-bad-line", false, "stop at the first bad line instead of reporting it and going on")
 	fsync := fs.Bool("fsync", false, "with --data: fsync every commit (survives power loss, much slower)")
 	progress := fs.String("progress", "auto", "`auto` (a bar on a terminal, else lines), bar, lines or off")
+	retentionStr := fs.String("journal-retention", "0", "forget dedup ids of inputs older than `D` (the recording worker's --journal-retention) so memory stays flat; 0 = keep all")
 	configFile := fs.String("config", "", "default pool policy `FILE` (JSON, the worker's --config); must match the recording worker's")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: worker replay LOG|- [--data DIR] [--until SEQ] [--expect FILE] [--write-state FILE]")
@@ -55,6 +56,11 @@ func runReplay(args []string, stdout, stderr io.Writer) int {
 	}
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
+		return replayFailed
+	}
+	retention, err := events.ParseDuration(*retentionStr)
+	if err != nil {
+		fmt.Fprintln(stderr, "replay: --journal-retention:", err)
 		return replayFailed
 	}
 	core, err := replayCore(*configFile)
@@ -96,7 +102,7 @@ func runReplay(args []string, stdout, stderr io.Writer) int {
 
 	var t replay.Target
 	if *data != "" {
-		bt, err := replay.OpenBolt(*data, core, replay.BoltOptions{KeyFile: *keyFile, Fsync: *fsync})
+		bt, err := replay.OpenBolt(*data, core, replay.BoltOptions{KeyFile: *keyFile, Fsync: *fsync, JournalRetention: retention})
 		if err != nil {
 			fmt.Fprintln(stderr, "replay:", err)
 			return replayFailed
@@ -106,7 +112,9 @@ func runReplay(args []string, stdout, stderr io.Writer) int {
 		}
 		t = bt
 	} else {
-		t = replay.NewMem(core)
+		mt := replay.NewMem(core)
+		mt.Store.SetJournalRetention(retention)
+		t = mt
 	}
 	defer t.Close()
 

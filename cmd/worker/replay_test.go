@@ -72,6 +72,10 @@ func TestReplayCommandBadInput(t *testing.T) {
 	if code != replayFailed || !strings.Contains(errOut, "no such file") {
 		t.Fatalf("exit %d %s", code, errOut)
 	}
+	code, _, errOut = runCmd(t, "replay", goldenReplay+"bad-lines.ndjson", "--journal-retention", "-1h")
+	if code != replayFailed || !strings.Contains(errOut, `replay: --journal-retention: invalid duration: "-1h" is not a duration`) {
+		t.Fatalf("exit %d %s", code, errOut)
+	}
 	code, _, errOut = runCmd(t, "replay")
 	if code != replayFailed || !strings.Contains(errOut, "usage: worker replay LOG") {
 		t.Fatalf("exit %d %s", code, errOut)

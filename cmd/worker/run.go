@@ -130,6 +130,7 @@ func runWorkerCtx(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	config := fs.String("config", envOr("KPOOL_CONFIG", ""), "JSON file with the default pool policy [KPOOL_CONFIG]")
 	metricsAddr := fs.String("metrics", envOr("KPOOL_METRICS", ""), "serve Prometheus metrics on HOST:PORT/metrics [KPOOL_METRICS]")
 	maxSkewStr := fs.String("max-skew", envOr("KPOOL_MAX_SKEW", "5m"), "refuse events timed further than this ahead of the clock [KPOOL_MAX_SKEW]")
+	retentionStr := fs.String("journal-retention", envOr("KPOOL_JOURNAL_RETENTION", "0"), "keep the input journal and dedup ids this long (e.g. 30d); 0 = forever [KPOOL_JOURNAL_RETENTION]")
 	replicasStr := fs.String("replicas", envOr("KPOOL_REPLICAS", "1"), "replicas of the streams kpool creates (clusters) [KPOOL_REPLICAS]")
 	logLevel := fs.String("log-level", envOr("KPOOL_LOG_LEVEL", "info"), "debug, info, warn or error [KPOOL_LOG_LEVEL]")
 	logJSON := fs.Bool("log-json", envOr("KPOOL_LOG_JSON", "") != "", "log JSON instead of text [KPOOL_LOG_JSON]")
@@ -144,6 +145,10 @@ func runWorkerCtx(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	maxSkew, err := time.ParseDuration(*maxSkewStr)
 	if err != nil {
 		return fail(fmt.Errorf("--max-skew %q: %w", *maxSkewStr, err))
+	}
+	retention, err := events.ParseDuration(*retentionStr)
+	if err != nil {
+		return fail(fmt.Errorf("--journal-retention: %w", err))
 	}
 	replicas, err := strconv.Atoi(*replicasStr)
 	if err != nil || replicas < 1 || replicas > 5 {
@@ -161,7 +166,7 @@ func runWorkerCtx(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		logger = slog.New(slog.NewTextHandler(stderr, hopts))
 	}
 	cfg := worker.Config{DataDir: *data, KeyFile: *keyFile, NATSURL: cf.url, Listen: *listen, Prefix: cf.prefix,
-		Tick: tick, MaxSkew: maxSkew, MetricsAddr: *metricsAddr, Logger: logger,
+		Tick: tick, MaxSkew: maxSkew, MetricsAddr: *metricsAddr, Logger: logger, JournalRetention: retention,
 		Streams: natsbus.StreamOptions{Replicas: replicas}}
 	if cfg.NATSOptions, err = cf.options(); err != nil {
 		return fail(err)

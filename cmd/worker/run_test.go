@@ -201,6 +201,7 @@ func TestRunFlagErrors(t *testing.T) {
 		{[]string{"--subject-prefix", "a.>"}, nil, "wildcards"},
 		{[]string{"--log-level", "loud"}, nil, "--log-level"},
 		{nil, map[string]string{"KPOOL_REPLICAS": "three"}, `--replicas "three"`},
+		{[]string{"--journal-retention", "a while"}, nil, `--journal-retention: invalid duration: "a while" is not a duration`},
 		{[]string{"--nats-url", "nats://127.0.0.1:1"}, nil, "connect to NATS"},
 	} {
 		for k, v := range tc.env {
