@@ -255,6 +255,8 @@ func TestReplayMemoryFlat(t *testing.T) {
 		t.Skip("set KPOOL_REPLAY_MEM=1 to measure the heap after replays of growing logs")
 	}
 	_, pools := benchSize()
+	// KPOOL_REPLAY_RETENTION=6h forgets dedup ids as a worker with that journal retention does.
+	retention, _ := time.ParseDuration(os.Getenv("KPOOL_REPLAY_RETENTION"))
 	for _, n := range []int{100_000, 200_000, 400_000, 1_000_000} {
 		path := synthLog(t, n, pools)
 		f, _ := os.Open(path)
@@ -263,6 +265,7 @@ func TestReplayMemoryFlat(t *testing.T) {
 			t.Fatal(err)
 		}
 		mem := NewMem(&pool.Core{Defaults: pool.DefaultConfig()})
+		mem.Store.SetJournalRetention(retention)
 		start := time.Now()
 		sum, err := Run(context.Background(), lr, mem, Options{})
 		if err != nil {
