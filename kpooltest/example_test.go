@@ -45,7 +45,8 @@ func ExampleNew() {
 		return
 	}
 	st, err := env.WaitStatus(ctx, "alice", func(s events.Status) bool {
-		return s.Health == events.HealthHealthy && s.Counts.Created == 0
+		// Target 5 plus the last resort: healthy alone can be reached mid-fill.
+		return s.Health == events.HealthHealthy && s.Counts.Available == 6
 	})
 	if err != nil {
 		fmt.Println(err)
