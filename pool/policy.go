@@ -125,8 +125,17 @@ func nextExpiry(p *Pool) *time.Time {
 	return &at
 }
 
-// status is the pool's published status at seq 0 and zero time (compared for changes).
-func (t *txn) status(p *Pool) events.Status {
+// StatusOf is a pool's status as the core publishes it, built from its record: the
+// record's status sequence, stamped with time at (the core's time). Readers that find no
+// published status (an API call before the first relay) use it.
+func StatusOf(p Pool, at time.Time) events.Status {
+	s := statusBody(&p)
+	s.Seq, s.Time = p.StatusSeq, at
+	return s
+}
+
+// statusBody is the pool's status at seq 0 and zero time (compared for changes).
+func statusBody(p *Pool) events.Status {
 	return events.Status{
 		Pool: p.ID, Identity: p.Identity, CipherSuite: p.CipherSuite,
 		Health: health(p), Counts: p.Counts, AvailableFresh: p.Fresh,
@@ -151,7 +160,7 @@ func (t *txn) finish() {
 		e := t.pools[id]
 		p := &e.p
 		t.refill(p, t.force == id)
-		st := t.status(p)
+		st := statusBody(p)
 		before := &e.before
 		if !e.isNew && sameStatus(*before, st) {
 			continue

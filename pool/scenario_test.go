@@ -235,8 +235,7 @@ func (h *harness) run(cmd string) string {
 		if !ok {
 			return "(no pool)\n"
 		}
-		st := (&txn{}).status(&p)
-		st.Seq = p.StatusSeq
+		st := StatusOf(p, time.Time{})
 		return h.names2(statusLine(st)) + fmt.Sprintf("requested=%d last-resort-requested=%v pending=%s held=%s tombstones=%d\n",
 			p.Requested, p.LastResortRequested, orDash(h.name(p.LastResortPending)), orDash(h.name(p.Held)), p.Tombstones)
 	case "raw":

@@ -75,7 +75,7 @@ func (t *txn) pool(id string) (*Pool, bool, error) {
 		return nil, false, err
 	}
 	e := &poolEntry{p: p}
-	e.before = t.status(&e.p)
+	e.before = statusBody(&e.p)
 	t.pools[id] = e
 	t.poolIDs = append(t.poolIDs, id)
 	return &e.p, true, nil

@@ -3,8 +3,6 @@ package worker
 import (
 	"context"
 	"encoding/json"
-	"maps"
-	"slices"
 	"time"
 
 	"github.com/kpool/kpool/events"
@@ -33,28 +31,5 @@ func (w *Worker) statusOf(p pool.Pool) (events.Status, error) {
 	if err != nil {
 		return events.Status{}, err
 	}
-	return recordStatus(p, meta), nil
-}
-
-// recordStatus builds a status from a pool record when none was published. It mirrors
-// the core's status (pool/policy.go); the core does not export it.
-func recordStatus(p pool.Pool, meta pool.Meta) events.Status {
-	health := events.HealthHealthy
-	switch {
-	case p.Counts.Available-p.LastResortCounts.Available == 0:
-		health = events.HealthDepleted
-	case p.Fresh < p.Config.LowWatermark:
-		health = events.HealthLow
-	}
-	var next *time.Time
-	if len(p.Expiries) > 0 {
-		at := time.Unix(slices.Min(slices.Collect(maps.Keys(p.Expiries))), 0).UTC()
-		next = &at
-	}
-	return events.Status{
-		Pool: p.ID, Identity: p.Identity, CipherSuite: p.CipherSuite, Seq: p.StatusSeq, Time: meta.Time,
-		Health: health, Counts: p.Counts, AvailableFresh: p.Fresh, Target: p.Config.Target,
-		LowWatermark: p.Config.LowWatermark, HardCap: p.Config.HardCap,
-		LastResortRef: p.LastResort, LastResortUsed: p.LastResortUsed, NextExpiry: next,
-	}
+	return pool.StatusOf(p, meta.Time), nil
 }

@@ -8,11 +8,12 @@ import (
 
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/events/natsbus"
+	"github.com/kpool/kpool/pool"
 	"github.com/nats-io/nats.go"
 )
 
-// TestRecordStatusMatchesPublished: the fallback status built from a pool record equals
-// the one the core published, field for field (except Time: the record has none).
+// TestRecordStatusMatchesPublished: the fallback status built from a pool record
+// (pool.StatusOf) equals the one the core published, field for field.
 func TestRecordStatusMatchesPublished(t *testing.T) {
 	w, err := Start(context.Background(), Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", NoSync: true})
 	if err != nil {
@@ -34,8 +35,8 @@ func TestRecordStatusMatchesPublished(t *testing.T) {
 		st, found, err := c.LastStatus(context.Background(), "alice")
 		if err == nil && found && p.Requested == 0 && !p.LastResortRequested && st.Seq == p.StatusSeq {
 			meta, _ := w.store.Meta()
-			got := recordStatus(p, meta)
-			got.Time = st.Time
+			got := pool.StatusOf(p, meta.Time)
+			got.Time = st.Time // the record keeps no time of its last status change
 			a, _ := json.Marshal(got)
 			b, _ := json.Marshal(st)
 			if string(a) != string(b) {
