@@ -33,9 +33,6 @@ type Core struct {
 	Defaults Config
 }
 
-// ErrNotImplemented is kept for compatibility with early callers; Step no longer returns it.
-var ErrNotImplemented = errors.New("pool: not implemented")
-
 // Step applies one input to the state seen through v and returns what changed. An error
 // means the input was rejected and nothing changed; a *RejectError says what and why.
 // A Step costs O(1) in the pool size plus O(KeyPackages whose timers are due).
