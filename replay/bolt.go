@@ -38,10 +38,10 @@ type BoltOptions struct {
 
 // BoltTarget replays into a bbolt database through the persistence committer, exactly
 // as the live worker commits. A database that already holds a prefix of the log is
-// resumed (see Run).
+// resumed (see Run). Meta, Pools and KeyPackages (a Source) come from StoreSource.
 type BoltTarget struct {
-	Store *persistence.Store
-	c     *persistence.Committer
+	StoreSource
+	c *persistence.Committer
 }
 
 // OpenBolt opens (or creates) DIR/kpool.db as a replay target.
@@ -58,7 +58,7 @@ func OpenBolt(dir string, core *pool.Core, o BoltOptions) (*BoltTarget, error) {
 	}
 	// The log holds public data only, so replayed KeyPackages have no private keys.
 	c := persistence.NewCommitterWith(st, core.Step, persistence.CommitterOptions{AllowMissingSecrets: true})
-	return &BoltTarget{Store: st, c: c}, nil
+	return &BoltTarget{StoreSource: StoreSource{Store: st}, c: c}, nil
 }
 
 // Step commits one input and waits for its transaction.
@@ -108,13 +108,6 @@ func (b *BoltTarget) JournalEntry(seq uint64) (events.Event, bool, error) {
 	return out, found, err
 }
 
-// Meta, Pools and KeyPackages make the target a Source.
-func (b *BoltTarget) Meta() (pool.Meta, error)    { return b.Store.Meta() }
-func (b *BoltTarget) Pools() ([]pool.Pool, error) { return b.Store.Pools() }
-func (b *BoltTarget) KeyPackages(id string, fn func(pool.KeyPackage) error) error {
-	return storeKeyPackages(b.Store, id, fn)
-}
-
 // Close stops the committer and closes the database.
 func (b *BoltTarget) Close() error {
 	cerr := b.c.Close()
@@ -124,18 +117,15 @@ func (b *BoltTarget) Close() error {
 	return cerr
 }
 
-// StoreSource dumps a live database (read-only is fine) for --verify.
+// StoreSource is a Source over a database (read-only is fine): what --verify dumps,
+// and the read side of a BoltTarget.
 type StoreSource struct{ Store *persistence.Store }
 
 func (s StoreSource) Meta() (pool.Meta, error)    { return s.Store.Meta() }
 func (s StoreSource) Pools() ([]pool.Pool, error) { return s.Store.Pools() }
 func (s StoreSource) KeyPackages(id string, fn func(pool.KeyPackage) error) error {
-	return storeKeyPackages(s.Store, id, fn)
-}
-
-func storeKeyPackages(st *persistence.Store, id string, fn func(pool.KeyPackage) error) error {
 	var ferr error
-	err := st.KeyPackages(id, func(kp pool.KeyPackage) bool {
+	err := s.Store.KeyPackages(id, func(kp pool.KeyPackage) bool {
 		ferr = fn(kp)
 		return ferr == nil
 	})
