@@ -1,6 +1,7 @@
 package mls
 
 import (
+	"crypto/ecdh"
 	"crypto/hpke"
 	"fmt"
 	"io"
@@ -39,18 +40,12 @@ func newHPKEKey(p *suiteParams, rand io.Reader) (priv, pub []byte, err error) {
 		}
 		return priv, k.PublicKey().Bytes(), nil
 	default:
-		for range 64 { // rejection sampling of the scalar
-			if err := readFull(rand, priv); err != nil {
-				return nil, nil, err
-			}
-			if p.kem == kemP521 {
-				priv[0] &= 0x01
-			}
-			if k, err := p.ecdh.NewPrivateKey(priv); err == nil {
-				return priv, k.PublicKey().Bytes(), nil
-			}
+		var k *ecdh.PrivateKey
+		err := drawScalar(rand, priv, func(s []byte) (err error) { k, err = p.ecdh.NewPrivateKey(s); return err })
+		if err != nil {
+			return nil, nil, err
 		}
-		return nil, nil, fmt.Errorf("mls: %w: no valid scalar in 64 draws", ErrRandom)
+		return priv, k.PublicKey().Bytes(), nil
 	}
 }
 

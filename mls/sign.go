@@ -57,21 +57,33 @@ func NewSignatureKey(suite CipherSuite, rand io.Reader) (priv, pub []byte, err e
 	}
 }
 
-// randomECDSA reads scalars from rand until one is in range (rejection sampling).
+// randomECDSA reads the scalar from rand with drawScalar.
 func randomECDSA(p *suiteParams, rand io.Reader) (*ecdsa.PrivateKey, []byte, error) {
 	scalar := make([]byte, p.sigPriv)
+	var k *ecdsa.PrivateKey
+	err := drawScalar(rand, scalar, func(s []byte) (err error) { k, err = ecdsa.ParseRawPrivateKey(p.ecdsa, s); return err })
+	if err != nil {
+		return nil, nil, err
+	}
+	return k, scalar, nil
+}
+
+// drawScalar fills scalar from rand until parse accepts it (rejection sampling of a NIST
+// curve scalar, so a seeded reader gives the same key). The 66-byte P-521 scalar keeps only
+// 521 bits, so the rejection rate stays near one half rather than 1-2^-7.
+func drawScalar(rand io.Reader, scalar []byte, parse func([]byte) error) error {
 	for range 64 {
 		if err := readFull(rand, scalar); err != nil {
-			return nil, nil, err
+			return err
 		}
-		if p.sig == sigP521 {
-			scalar[0] &= 0x01 // 521 bits: keep the rejection rate near one half, not 1-2^-7
+		if len(scalar) == 66 {
+			scalar[0] &= 0x01
 		}
-		if k, err := ecdsa.ParseRawPrivateKey(p.ecdsa, scalar); err == nil {
-			return k, scalar, nil
+		if parse(scalar) == nil {
+			return nil
 		}
 	}
-	return nil, nil, fmt.Errorf("mls: %w: no valid scalar in 64 draws", ErrRandom)
+	return fmt.Errorf("mls: %w: no valid scalar in 64 draws", ErrRandom)
 }
 
 // SignerFromPrivate loads a private key serialized as NewSignatureKey returns it.
