@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/kpool/kpool/events"
@@ -129,7 +130,7 @@ func (c Config) withDefaults() (Config, error) {
 
 // validPrefix: one or more NATS tokens without wildcards.
 func validPrefix(p string) error {
-	for _, tok := range splitDots(p) {
+	for _, tok := range strings.Split(p, ".") {
 		if tok == "" || tok == "*" || tok == ">" {
 			return fmt.Errorf("%w: subject prefix %q must be dot-separated tokens without wildcards", ErrConfig, p)
 		}
@@ -140,18 +141,6 @@ func validPrefix(p string) error {
 		}
 	}
 	return nil
-}
-
-func splitDots(s string) []string {
-	var out []string
-	start := 0
-	for i := 0; i <= len(s); i++ {
-		if i == len(s) || s[i] == '.' {
-			out = append(out, s[start:i])
-			start = i + 1
-		}
-	}
-	return out
 }
 
 // StreamSafe turns a prefix into a name usable for streams and consumers.

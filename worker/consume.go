@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -163,15 +164,6 @@ func (l *lanes) run(poolID string, ch chan jetstream.Msg) {
 // wait returns when every lane has finished its messages.
 func (l *lanes) wait() { l.wg.Wait() }
 
-func isPublic(t events.Type) bool {
-	for _, p := range events.PublicTypes {
-		if p == t {
-			return true
-		}
-	}
-	return false
-}
-
 // handle applies one inbound message (see handleInOrder).
 func (w *Worker) handle(msg jetstream.Msg) { w.handleInOrder([]jetstream.Msg{msg}) }
 
@@ -244,7 +236,7 @@ func (w *Worker) decode(msg jetstream.Msg) (events.Event, error) {
 	if err := w.subj.CheckSubject(msg.Subject(), ev); err != nil {
 		return ev, err
 	}
-	if !isPublic(ev.Type) {
+	if !slices.Contains(events.PublicTypes, ev.Type) {
 		return ev, &edgeError{code: CodeInternalType, reason: fmt.Sprintf("%q inputs are produced by the worker itself and are not accepted on %s", ev.Type, msg.Subject())}
 	}
 	if limit := w.cfg.Clock().Add(w.cfg.MaxSkew); ev.Time.After(limit) {

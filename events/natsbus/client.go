@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/kpool/kpool/events"
@@ -75,7 +76,7 @@ func (c *Client) Publish(ctx context.Context, ev events.Event) (events.Event, er
 	if err := events.Validate(ev); err != nil {
 		return ev, err
 	}
-	if !isPublic(ev.Type) {
+	if !slices.Contains(events.PublicTypes, ev.Type) {
 		return ev, fmt.Errorf("%w: %q is produced by the worker itself", events.ErrUnknownType, ev.Type)
 	}
 	data, err := json.Marshal(ev)
@@ -86,15 +87,6 @@ func (c *Client) Publish(ctx context.Context, ev events.Event) (events.Event, er
 		return ev, fmt.Errorf("natsbus: publish %s: %w", ev.Type, err)
 	}
 	return ev, nil
-}
-
-func isPublic(t events.Type) bool {
-	for _, p := range events.PublicTypes {
-		if p == t {
-			return true
-		}
-	}
-	return false
 }
 
 // UploadAck tells kpool the delivery service stored a KeyPackage.

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -140,13 +141,7 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, s events.Subject
 func missingSubjects(have, want []string) []string {
 	var out []string
 	for _, w := range want {
-		found := false
-		for _, h := range have {
-			if h == w {
-				found = true
-			}
-		}
-		if !found {
+		if !slices.Contains(have, w) {
 			out = append(out, w)
 		}
 	}
