@@ -51,9 +51,6 @@ func Export(st *persistence.Store, w io.Writer, o ExportOptions) (int, error) {
 	return n, lw.Flush()
 }
 
-// ErrVerify: the stored state differs from a replay of its journal.
-var ErrVerify = errors.New("stored state differs from its replayed journal")
-
 // Verify replays the store's whole journal into memory and compares the result with the
 // stored state. It returns the differences (none: the audit passed) and the summary.
 // The journal must be complete (retention 0), or Verify says it cannot prove anything.

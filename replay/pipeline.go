@@ -77,7 +77,7 @@ func (p *pipeline) finish(f inflight, r pool.Ready, rejected, err error) error {
 }
 
 // drain waits for every input in flight, recording each.
-func (p *pipeline) drain(context.Context) error {
+func (p *pipeline) drain() error {
 	for len(p.queue) > 0 {
 		if err := p.pop(); err != nil {
 			return err
@@ -89,7 +89,7 @@ func (p *pipeline) drain(context.Context) error {
 // abandon waits for inputs still in flight after an early return, without recording
 // them: they are committed (a resume will find them), and the caller must not close the
 // target under them.
-func (p *pipeline) abandon(context.Context) {
+func (p *pipeline) abandon() {
 	for _, f := range p.queue {
 		f.wait()
 	}

@@ -1,10 +1,6 @@
 package replay
 
-import (
-	"io"
-
-	"github.com/kpool/kpool/events"
-)
+import "github.com/kpool/kpool/events"
 
 // item is one result of LogReader.Next with the line it came from.
 type item struct {
@@ -51,5 +47,5 @@ func readAhead(lr *events.LogReader, stop <-chan struct{}) <-chan []item {
 
 func isLineError(err error) bool {
 	_, ok := err.(*events.LogLineError)
-	return ok && err != io.EOF
+	return ok
 }

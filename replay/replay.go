@@ -150,7 +150,7 @@ func Run(ctx context.Context, lr *events.LogReader, t Target, opts Options) (*Su
 	defer close(stop)
 	batches := readAhead(lr, stop)
 	pl := newPipeline(t, s, opts)
-	defer pl.abandon(ctx)
+	defer pl.abandon()
 loop:
 	for batch := range batches {
 		for _, it := range batch {
@@ -193,7 +193,7 @@ loop:
 			}
 		}
 	}
-	if err := pl.drain(ctx); err != nil {
+	if err := pl.drain(); err != nil {
 		return s, err
 	}
 	if err := rs.finished(); err != nil {
