@@ -56,9 +56,9 @@ func clampX448(k []byte) {
 
 // hpkePublicFromPrivate returns the public key of a serialized HPKE private key.
 func hpkePublicFromPrivate(p *suiteParams, priv []byte) ([]byte, error) {
-	priv = normalizeHPKEPriv(p, priv)
-	if len(priv) != p.privLen {
-		return nil, fmt.Errorf("mls: %w: HPKE private key must be %d bytes, got %d", ErrInvalidPrivateKey, p.privLen, len(priv))
+	priv, err := normalizeHPKEPriv(p, priv)
+	if err != nil {
+		return nil, err
 	}
 	if p.kem == kemX448 {
 		var sk, pk x448.Key
@@ -146,9 +146,8 @@ func Open(suite CipherSuite, priv, enc, info, ct []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	priv = normalizeHPKEPriv(p, priv)
-	if len(priv) != p.privLen {
-		return nil, fmt.Errorf("mls: %w: HPKE private key must be %d bytes, got %d", ErrInvalidPrivateKey, p.privLen, len(priv))
+	if priv, err = normalizeHPKEPriv(p, priv); err != nil {
+		return nil, err
 	}
 	if p.kem == kemX448 {
 		sk, err := circlhpke.KEM_X448_HKDF_SHA512.Scheme().UnmarshalBinaryPrivateKey(priv)
@@ -209,10 +208,14 @@ func DecryptWithLabel(suite CipherSuite, priv []byte, label string, context, kem
 	return Open(suite, priv, kemOutput, encryptContext(label, context), ciphertext)
 }
 
-// normalizeHPKEPriv restores leading zeros a NIST-curve scalar may have lost.
-func normalizeHPKEPriv(p *suiteParams, priv []byte) []byte {
+// normalizeHPKEPriv restores leading zeros a NIST-curve scalar may have lost and checks
+// the length; the error names sizes only.
+func normalizeHPKEPriv(p *suiteParams, priv []byte) ([]byte, error) {
 	if p.ecdh != nil && p.kem != kemX25519 {
-		return padScalar(priv, p.privLen)
+		priv = padScalar(priv, p.privLen)
 	}
-	return priv
+	if len(priv) != p.privLen {
+		return nil, fmt.Errorf("mls: %w: HPKE private key must be %d bytes, got %d", ErrInvalidPrivateKey, p.privLen, len(priv))
+	}
+	return priv, nil
 }
