@@ -34,13 +34,10 @@ func toAPIError(err error) *apiError {
 	}
 	var fe *events.FieldError
 	var re *pool.RejectError
-	if errors.As(err, &fe) || errors.As(err, &re) || errors.Is(err, events.ErrUnknownType) {
+	var ie *persistence.InputError
+	if errors.As(err, &fe) || errors.As(err, &re) || errors.As(err, &ie) || errors.Is(err, events.ErrUnknownType) {
 		code, reason := codeOf(err)
 		return &apiError{code: code, desc: reason}
-	}
-	var ie *persistence.InputError
-	if errors.As(err, &ie) {
-		return &apiError{code: CodeStore, desc: ie.Error()}
 	}
 	return &apiError{code: natsbus.CodeUnavailable, desc: "the worker could not commit the request; retry: " + err.Error()}
 }
