@@ -158,11 +158,10 @@ func (t *txn) transition(k *KeyPackage, from, to fsm.State, ev string) {
 	t.emit(events.KindTransition, k.Pool, tr)
 }
 
-func (t *txn) eraseKeys(ref string) {
-	if !slices.Contains(t.erase, ref) {
-		t.erase = append(t.erase, ref)
-	}
-}
+// eraseKeys orders ref's private keys erased. fire calls it once per KeyPackage that
+// enters deleted, which is terminal, so a ref cannot come twice in one Step: no search
+// of the list (a delete wave of n KeyPackages would make that n²).
+func (t *txn) eraseKeys(ref string) { t.erase = append(t.erase, ref) }
 
 // ready turns the overlay into a write set: full records, index changes, deletions.
 func (t *txn) ready() Ready {
