@@ -23,22 +23,6 @@ func init() {
 // keypackageStdin is where `inspect -` reads; tests replace it.
 var keypackageStdin io.Reader = os.Stdin
 
-// kpParseArgs parses flags that may come before or after positional arguments
-// (`inspect FILE --at N` as well as `inspect --at N FILE`).
-func kpParseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
-}
-
 func keypackageGenerate(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("worker keypackage generate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -54,7 +38,7 @@ func keypackageGenerate(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "All KeyPackages of one run share a fresh signature key; without --private-out their private keys are discarded.")
 		fs.PrintDefaults()
 	}
-	pos, err := kpParseArgs(fs, args)
+	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return 2
 	}
@@ -139,7 +123,7 @@ func keypackageInspect(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "Reads hex lines (MLSMessage or bare KeyPackage; blank lines and # comments skipped) and prints one JSON object per line. Exit status 1 if any line failed.")
 		fs.PrintDefaults()
 	}
-	pos, err := kpParseArgs(fs, args)
+	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return 2
 	}
