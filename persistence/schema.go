@@ -22,7 +22,7 @@ var (
 	bSecrets   = []byte("secrets")     // id → nonce || AES-256-GCM ciphertext
 	bSeen      = []byte("seen")        // event id → 8-byte seq
 	bJournal   = []byte("journal")     // 8-byte seq → JSON events.Event
-	bOutbox    = []byte("outbox")      // 8-byte outbox seq → JSON events.Outbound
+	bOutbox    = []byte("outbox")      // 8-byte outbox seq → binary events.Outbound (outbound.go)
 	bOutboxIDs = []byte("outbox_ids")  // outbound id → outbox key
 )
 
