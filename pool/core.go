@@ -182,8 +182,9 @@ func (t *txn) check(k *KeyPackage, ev fsm.Event, err error) error {
 
 func (t *txn) rejected(p *Pool, k *KeyPackage) error {
 	in := t.in
-	if !fsm.Can(k.State, fsm.UploadRejected, kindOf(k)) {
-		return t.check(k, fsm.UploadRejected, &fsm.TransitionError{Ref: k.Ref, State: k.State, Event: fsm.UploadRejected, Kind: kindOf(k)})
+	// a retry keeps the state, but only where the rejection itself would be valid
+	if _, err := fsm.Fire(k.Ref, k.State, fsm.UploadRejected, kindOf(k)); err != nil {
+		return t.check(k, fsm.UploadRejected, err)
 	}
 	if in.Retry && k.Attempt < p.Config.MaxUploadAttempts {
 		t.upload(p, k, k.Attempt+1)
