@@ -20,7 +20,7 @@ const StateVersion = 1
 var ErrStateFile = errors.New("bad expected-state file")
 
 // Source lists the state to dump: pool.MemStore and the bbolt store both provide it
-// (through small adapters in target.go).
+// (StoreSource in bolt.go, MemTarget in mem.go).
 type Source interface {
 	Meta() (pool.Meta, error)
 	Pools() ([]pool.Pool, error)
