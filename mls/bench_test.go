@@ -57,9 +57,8 @@ func BenchmarkGenerate(b *testing.B) {
 
 // tbsContents returns the two SignContent messages of kp.
 func tbsContents(kp *KeyPackage) (leaf, whole []byte) {
-	buf, ls, le := kp.appendTo(nil)
-	end := len(buf) - varintLen(len(kp.Signature)) - len(kp.Signature)
-	return signContent("LeafNodeTBS", buf[ls:le]), signContent("KeyPackageTBS", buf[:end])
+	leafTBS, kpTBS := kp.signedParts()
+	return signContent("LeafNodeTBS", leafTBS), signContent("KeyPackageTBS", kpTBS)
 }
 
 func bareHPKEKey(b *testing.B, p *suiteParams) {

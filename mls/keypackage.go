@@ -137,6 +137,13 @@ func (kp *KeyPackage) appendTo(b []byte) (out []byte, leafStart, leafEnd int) {
 	return b, leafStart, leafEnd
 }
 
+// signedParts encodes kp once and returns the LeafNodeTBS and the KeyPackageTBS, both
+// subslices of that encoding.
+func (kp *KeyPackage) signedParts() (leafTBS, kpTBS []byte) {
+	b, leafStart, leafEnd := kp.appendTo(make([]byte, 0, kp.sizeHint()))
+	return b[leafStart:leafEnd], b[:len(b)-varintLen(len(kp.Signature))-len(kp.Signature)]
+}
+
 // appendTBS appends LeafNodeTBS for source key_package (the LeafNode without its signature;
 // update/commit leaves would add group_id and leaf_index, which a KeyPackage never needs).
 func (l *LeafNode) appendTBS(b []byte) []byte {

@@ -73,15 +73,14 @@ func Validate(kp *KeyPackage, at time.Time, p Policy) error {
 		return err
 	}
 
-	b, leafStart, leafEnd := kp.appendTo(make([]byte, 0, kp.sizeHint()))
-	if !v.verify(signContent("LeafNodeTBS", b[leafStart:leafEnd]), l.Signature) {
+	leafTBS, kpTBS := kp.signedParts()
+	if !v.verify(signContent("LeafNodeTBS", leafTBS), l.Signature) {
 		if v.pointInvalid() {
 			return invalid(ErrInvalidSignatureKey, "%s: not a curve point", sp.name)
 		}
 		return invalid(ErrLeafNodeSignature, "label LeafNodeTBS")
 	}
-	tbsEnd := len(b) - varintLen(len(kp.Signature)) - len(kp.Signature)
-	if !v.verify(signContent("KeyPackageTBS", b[:tbsEnd]), kp.Signature) {
+	if !v.verify(signContent("KeyPackageTBS", kpTBS), kp.Signature) {
 		return invalid(ErrKeyPackageSignature, "label KeyPackageTBS")
 	}
 	return nil

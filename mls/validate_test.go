@@ -14,13 +14,12 @@ import (
 func resign(t *testing.T, kp *KeyPackage, s Signer) {
 	t.Helper()
 	var err error
-	b, leafStart, leafEnd := kp.appendTo(nil)
-	if kp.LeafNode.Signature, err = SignWithLabel(s, "LeafNodeTBS", b[leafStart:leafEnd]); err != nil {
+	leafTBS, _ := kp.signedParts()
+	if kp.LeafNode.Signature, err = SignWithLabel(s, "LeafNodeTBS", leafTBS); err != nil {
 		t.Fatal(err)
 	}
-	b, _, _ = kp.appendTo(nil)
-	tbs := b[:len(b)-varintLen(len(kp.Signature))-len(kp.Signature)]
-	if kp.Signature, err = SignWithLabel(s, "KeyPackageTBS", tbs); err != nil {
+	_, kpTBS := kp.signedParts() // over the new LeafNode signature
+	if kp.Signature, err = SignWithLabel(s, "KeyPackageTBS", kpTBS); err != nil {
 		t.Fatal(err)
 	}
 }
