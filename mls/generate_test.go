@@ -150,8 +150,7 @@ func TestBundleOpensWelcome(t *testing.T) {
 }
 
 func TestPrivateBundleRedacted(t *testing.T) {
-	kp, pb := generate(t, 1, GenerateOptions{})
-	_ = kp
+	_, pb := generate(t, 1, GenerateOptions{})
 	secretHex := fmt.Sprintf("%x", pb.InitPriv)
 	for _, s := range []string{
 		fmt.Sprint(pb), fmt.Sprintf("%v %+v %#v %s %x %q", pb, pb, pb, pb, pb, pb),

@@ -205,13 +205,8 @@ func TestDecodeErrors(t *testing.T) {
 	credOff := encHdr + 33 + 33
 	unknownCred[credOff+1] = 9
 	badSource := bytes.Clone(bare)
-	var off int
-	{
-		_, leafStart, leafEnd := kp.appendTo(nil)
-		_ = leafStart
-		off = leafEnd - 1 - 16 - 1 // leaf extensions "00", lifetime 16, source
-	}
-	badSource[off] = 7
+	_, _, leafEnd := kp.appendTo(nil)
+	badSource[leafEnd-1-16-1] = 7 // before leaf extensions "00" and lifetime (16): the source
 
 	cases := []struct {
 		name string
