@@ -134,7 +134,7 @@ func (c *Core) apply(t *txn) error {
 	}
 	switch in.Type {
 	case events.TypeUploadAck:
-		return t.check(k, fsm.UploadAck, t.makeAvailable(p, k))
+		return t.check(k, t.makeAvailable(p, k))
 	case events.TypeUploadRejected:
 		return t.rejected(p, k)
 	case events.TypeClaimed:
@@ -172,7 +172,7 @@ func (t *txn) mustKP(p *Pool) (*KeyPackage, error) {
 }
 
 // check turns an fsm refusal into a RejectError naming pool, ref, state and event.
-func (t *txn) check(k *KeyPackage, ev fsm.Event, err error) error {
+func (t *txn) check(k *KeyPackage, err error) error {
 	var te *fsm.TransitionError
 	if errors.As(err, &te) {
 		return reject(t.in, CodeInvalidTransition, k.Ref, te.Error()+" (pool "+k.Pool+")", te)
@@ -184,7 +184,7 @@ func (t *txn) rejected(p *Pool, k *KeyPackage) error {
 	in := t.in
 	// a retry keeps the state, but only where the rejection itself would be valid
 	if _, err := fsm.Fire(k.Ref, k.State, fsm.UploadRejected, kindOf(k)); err != nil {
-		return t.check(k, fsm.UploadRejected, err)
+		return t.check(k, err)
 	}
 	if in.Retry && k.Attempt < p.Config.MaxUploadAttempts {
 		t.upload(p, k, k.Attempt+1)
@@ -195,7 +195,7 @@ func (t *txn) rejected(p *Pool, k *KeyPackage) error {
 		kind, detail = events.AlertUploadFailed, fmt.Sprintf("KeyPackage %s rejected after %d attempts: %s", k.Ref, k.Attempt, in.Reason)
 	}
 	if err := t.fire(p, k, fsm.UploadRejected, "rejected: "+in.Reason); err != nil {
-		return t.check(k, fsm.UploadRejected, err)
+		return t.check(k, err)
 	}
 	t.alert(p.ID, kind, detail)
 	return nil
@@ -204,7 +204,7 @@ func (t *txn) rejected(p *Pool, k *KeyPackage) error {
 func (t *txn) claimed(p *Pool, k *KeyPackage) error {
 	freshBefore := p.Fresh
 	if err := t.fire(p, k, fsm.Claim, ""); err != nil {
-		return t.check(k, fsm.Claim, err)
+		return t.check(k, err)
 	}
 	t.countClaim(p, freshBefore)
 	if k.LastResort {
@@ -217,7 +217,7 @@ func (t *txn) claimed(p *Pool, k *KeyPackage) error {
 
 func (t *txn) consumed(p *Pool, k *KeyPackage) error {
 	if err := t.fire(p, k, fsm.Consume, "consumed by its owner"); err != nil {
-		return t.check(k, fsm.Consume, err)
+		return t.check(k, err)
 	}
 	if k.LastResort && k.State == fsm.Available {
 		t.useLastResort(p, k, "consumed")
