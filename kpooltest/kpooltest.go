@@ -108,17 +108,8 @@ func New(ctx context.Context, o Options) (*Env, error) {
 		e.removeDir()
 		return nil, fmt.Errorf("kpooltest: %w", err)
 	}
-	e.Worker = w
-	// The server must have processed the worker's API subscriptions before the first
-	// request, or it answers "no responders".
-	if err := w.Conn().Flush(); err != nil {
-		e.Close()
-		return nil, fmt.Errorf("kpooltest: flush: %w", err)
-	}
-	e.durable = cfg.Durable
-	if e.durable == "" {
-		e.durable = worker.StreamSafe(o.Prefix) + "-worker" // the worker's default
-	}
+	// Start returns once the server has the API subscriptions, so requests find a responder.
+	e.Worker, e.durable = w, w.Durable()
 	nc, err := nats.Connect(w.ClientURL(), nats.Name("kpooltest client"))
 	if err != nil {
 		e.Close()

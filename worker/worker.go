@@ -227,6 +227,9 @@ func (w *Worker) Conn() *nats.Conn { return w.nc }
 // Store gives read access to the worker's store (tests, inspection).
 func (w *Worker) Store() *persistence.Store { return w.store }
 
+// Durable is the name of the worker's durable consumer on the events stream.
+func (w *Worker) Durable() string { return w.cfg.Durable }
+
 // Subjects are the worker's subjects.
 func (w *Worker) Subjects() events.Subjects { return w.subj }
 
