@@ -166,13 +166,32 @@ func TestKeypackageGeneratePrivateOut(t *testing.T) {
 	if len(privLines) != 3 || len(kpLines) != 2 {
 		t.Fatalf("%d private lines, %d KeyPackages", len(privLines), len(kpLines))
 	}
+	var sig struct {
+		Suite mls.CipherSuite `json:"cipher_suite"`
+		Priv  string          `json:"signature_priv"`
+		Pub   string          `json:"signature_key"`
+	}
+	if err := json.Unmarshal([]byte(privLines[0]), &sig); err != nil || sig.Suite != 4 {
+		t.Fatalf("signature key line %q: %v", privLines[0], err)
+	}
+	signer, err := mls.SignerFromPrivate(sig.Suite, mustHex(t, sig.Priv))
+	if err != nil || hex.EncodeToString(signer.Public()) != sig.Pub {
+		t.Fatalf("signature_priv does not give signature_key: %v", err)
+	}
 	for i, l := range kpLines {
 		kp, err := mls.DecodeMLSMessage(mustHex(t, l))
 		if err != nil {
 			t.Fatal(err)
 		}
-		var p struct{ Ref, InitPriv, EncryptionPriv string }
-		if err := json.Unmarshal([]byte(strings.NewReplacer("init_priv", "InitPriv", "encryption_priv", "EncryptionPriv").Replace(privLines[i+1])), &p); err != nil {
+		if hex.EncodeToString(kp.LeafNode.SignatureKey) != sig.Pub {
+			t.Errorf("line %d: KeyPackage not signed with the written signature key", i)
+		}
+		var p struct {
+			Ref            string `json:"ref"`
+			InitPriv       string `json:"init_priv"`
+			EncryptionPriv string `json:"encryption_priv"`
+		}
+		if err := json.Unmarshal([]byte(privLines[i+1]), &p); err != nil {
 			t.Fatal(err)
 		}
 		ref, _ := kp.Ref()
