@@ -304,7 +304,7 @@ func (c *Committer) newPending(st *stepState) *pending {
 	return &pending{batch: st.batch, epoch: st.epoch, writes: newBatchWrites()}
 }
 
-// stepInto steps r and whatever else is queued (up to MaxBatch) into p, on a fresh
+// stepInto steps first and whatever else is queued (up to MaxBatch) into p, on a fresh
 // snapshot plus the overlay.
 func (c *Committer) stepInto(st *stepState, p *pending, first *request) {
 	batch := []*request{first}
@@ -321,10 +321,11 @@ drain:
 		}
 	}
 	committed := c.committed.Load() // before the snapshot: it holds at least these
+	var r *txView                   // nil when the snapshot failed: every input gets err
 	tx, err := c.s.db.Begin(false)
 	if err == nil {
 		defer tx.Rollback()
-		r := newTxView(tx)
+		r = newTxView(tx)
 		if st.fresh {
 			if st.meta, err = r.Meta(); err == nil {
 				st.outSeq, st.fresh = r.outbox.Sequence(), false
@@ -332,7 +333,7 @@ drain:
 		}
 		st.ov.trim(committed, st.cache)
 	}
-	v := &ovView{r: newTxViewOrNil(tx, err), ov: st.ov, meta: &st.meta, cache: st.cache, batch: p.batch, outSeq: &st.outSeq}
+	v := &ovView{r: r, ov: st.ov, meta: &st.meta, cache: st.cache, batch: p.batch, outSeq: &st.outSeq}
 	for _, req := range batch {
 		var res Result
 		ferr := err
@@ -346,13 +347,6 @@ drain:
 		p.results = append(p.results, res)
 		p.failed = append(p.failed, ferr)
 	}
-}
-
-func newTxViewOrNil(tx *bolt.Tx, err error) *txView {
-	if err != nil {
-		return nil
-	}
-	return newTxView(tx)
 }
 
 // commitStage writes each batch in one transaction, in order, and answers its inputs.
