@@ -24,36 +24,69 @@ func benchSigner(b *testing.B, suite CipherSuite) Signer {
 	return newSigner(b, suite, "bench")
 }
 
-func BenchmarkGenerate(b *testing.B) {
+// generateOps returns one Generate of suite and its bare equivalent, failing b.
+func generateOps(b *testing.B, suite CipherSuite) (mlsOp, bareOp func()) {
+	signer := benchSigner(b, suite)
+	id := []byte("alice@example.org")
+	kp, _ := generate(b, suite, GenerateOptions{})
+	leafMsg, kpMsg := tbsContents(kp)
+	p := suites[suite]
+	mlsOp = func() {
+		if _, _, err := Generate(suite, signer, id, GenerateOptions{Now: testNow}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	bareOp = func() {
+		bareHPKEKey(b, p)
+		bareHPKEKey(b, p)
+		if _, err := signer.Sign(leafMsg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := signer.Sign(kpMsg); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return mlsOp, bareOp
+}
+
+// validateOps returns one Validate of a suite's KeyPackage and its bare equivalent.
+func validateOps(b *testing.B, suite CipherSuite) (mlsOp, bareOp func()) {
+	kp, _ := generate(b, suite, GenerateOptions{})
+	leafMsg, kpMsg := tbsContents(kp)
+	p := suites[suite]
+	mlsOp = func() {
+		if err := Validate(kp, testNow, DefaultPolicy()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	bareOp = func() {
+		if !bareVerify(p, kp.LeafNode.SignatureKey, kp.InitKey, kp.LeafNode.EncryptionKey, leafMsg, kpMsg, kp.LeafNode.Signature, kp.Signature) {
+			b.Fatal("bare verification failed")
+		}
+	}
+	return mlsOp, bareOp
+}
+
+type benchOps func(b *testing.B, suite CipherSuite) (mlsOp, bareOp func())
+
+// perOp runs each side as its own sub-benchmark (suite=N/mls, suite=N/bare), with allocations.
+func perOp(b *testing.B, ops benchOps) {
 	for _, suite := range AllSuites {
-		signer := benchSigner(b, suite)
-		id := []byte("alice@example.org")
-		b.Run(fmt.Sprintf("suite=%d/mls", suite), func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				if _, _, err := Generate(suite, signer, id, GenerateOptions{Now: testNow}); err != nil {
-					b.Fatal(err)
+		for i, side := range []string{"mls", "bare"} {
+			b.Run(fmt.Sprintf("suite=%d/%s", suite, side), func(b *testing.B) {
+				mlsOp, bareOp := ops(b, suite)
+				op := [2]func(){mlsOp, bareOp}[i]
+				b.ReportAllocs()
+				for b.Loop() {
+					op()
 				}
-			}
-		})
-		kp, _ := generate(b, suite, GenerateOptions{})
-		leafMsg, kpMsg := tbsContents(kp)
-		b.Run(fmt.Sprintf("suite=%d/bare", suite), func(b *testing.B) {
-			p := suites[suite]
-			b.ReportAllocs()
-			for b.Loop() {
-				bareHPKEKey(b, p)
-				bareHPKEKey(b, p)
-				if _, err := signer.Sign(leafMsg); err != nil {
-					b.Fatal(err)
-				}
-				if _, err := signer.Sign(kpMsg); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
+			})
+		}
 	}
 }
+
+func BenchmarkGenerate(b *testing.B) { perOp(b, generateOps) }
+func BenchmarkValidate(b *testing.B) { perOp(b, validateOps) }
 
 // tbsContents returns the two SignContent messages of kp.
 func tbsContents(kp *KeyPackage) (leaf, whole []byte) {
@@ -75,31 +108,6 @@ func bareHPKEKey(b *testing.B, p *suiteParams) {
 		b.Fatal(err)
 	}
 	_ = k.PublicKey().Bytes()
-}
-
-func BenchmarkValidate(b *testing.B) {
-	for _, suite := range AllSuites {
-		kp, _ := generate(b, suite, GenerateOptions{})
-		b.Run(fmt.Sprintf("suite=%d/mls", suite), func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				if err := Validate(kp, testNow, DefaultPolicy()); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-		leafMsg, kpMsg := tbsContents(kp)
-		p := suites[suite]
-		pub := kp.LeafNode.SignatureKey
-		b.Run(fmt.Sprintf("suite=%d/bare", suite), func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				if !bareVerify(p, pub, kp.InitKey, kp.LeafNode.EncryptionKey, leafMsg, kpMsg, kp.LeafNode.Signature, kp.Signature) {
-					b.Fatal("bare verification failed")
-				}
-			}
-		})
-	}
 }
 
 func bareVerify(p *suiteParams, pub, init, enc, m1, m2, s1, s2 []byte) bool {
@@ -131,54 +139,17 @@ func bareVerify(p *suiteParams, pub, init, enc, m1, m2, s1, s2 []byte) bool {
 // iteration, alternating the order, so load from other processes hits both sides alike.
 // They report mls-ns/op, bare-ns/op and ratio = bare ÷ mls (1.0 = no overhead).
 
-func BenchmarkGenerateVsBare(b *testing.B) {
+func vsBare(b *testing.B, ops benchOps) {
 	for _, suite := range AllSuites {
-		signer := benchSigner(b, suite)
-		kp, _ := generate(b, suite, GenerateOptions{})
-		leafMsg, kpMsg := tbsContents(kp)
-		p := suites[suite]
-		id := []byte("alice@example.org")
 		b.Run(fmt.Sprintf("suite=%d", suite), func(b *testing.B) {
-			mlsOp := func() {
-				if _, _, err := Generate(suite, signer, id, GenerateOptions{Now: testNow}); err != nil {
-					b.Fatal(err)
-				}
-			}
-			bareOp := func() {
-				bareHPKEKey(b, p)
-				bareHPKEKey(b, p)
-				if _, err := signer.Sign(leafMsg); err != nil {
-					b.Fatal(err)
-				}
-				if _, err := signer.Sign(kpMsg); err != nil {
-					b.Fatal(err)
-				}
-			}
+			mlsOp, bareOp := ops(b, suite)
 			interleave(b, mlsOp, bareOp)
 		})
 	}
 }
 
-func BenchmarkValidateVsBare(b *testing.B) {
-	for _, suite := range AllSuites {
-		kp, _ := generate(b, suite, GenerateOptions{})
-		leafMsg, kpMsg := tbsContents(kp)
-		p := suites[suite]
-		b.Run(fmt.Sprintf("suite=%d", suite), func(b *testing.B) {
-			mlsOp := func() {
-				if err := Validate(kp, testNow, DefaultPolicy()); err != nil {
-					b.Fatal(err)
-				}
-			}
-			bareOp := func() {
-				if !bareVerify(p, kp.LeafNode.SignatureKey, kp.InitKey, kp.LeafNode.EncryptionKey, leafMsg, kpMsg, kp.LeafNode.Signature, kp.Signature) {
-					b.Fatal("bare verification failed")
-				}
-			}
-			interleave(b, mlsOp, bareOp)
-		})
-	}
-}
+func BenchmarkGenerateVsBare(b *testing.B) { vsBare(b, generateOps) }
+func BenchmarkValidateVsBare(b *testing.B) { vsBare(b, validateOps) }
 
 func interleave(b *testing.B, mlsOp, bareOp func()) {
 	var mlsNS, bareNS time.Duration
