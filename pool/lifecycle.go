@@ -174,7 +174,7 @@ func (t *txn) isLast(p *Pool, k *KeyPackage) bool {
 	if k.LastResort {
 		return p.LastResort == k.Ref
 	}
-	return p.Counts.Available-p.LastResortCounts.Available == 1
+	return regularAvailable(p) == 1
 }
 
 // expire retires k; created and available ones are withdrawn from the DS (an upload
