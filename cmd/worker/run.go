@@ -44,7 +44,9 @@ func (c *connFlags) register(fs *flag.FlagSet, defURL string) {
 	fs.StringVar(&c.creds, "creds", envOr("KPOOL_CREDS", ""), "NATS credentials file [KPOOL_CREDS]")
 	fs.StringVar(&c.nkey, "nkey", envOr("KPOOL_NKEY", ""), "NATS nkey seed file [KPOOL_NKEY]")
 	fs.StringVar(&c.user, "user", envOr("KPOOL_USER", ""), "NATS user [KPOOL_USER]")
-	fs.StringVar(&c.password, "password", envOr("KPOOL_PASSWORD", ""), "NATS password [KPOOL_PASSWORD]")
+	// Taken from the environment after registering, so usage never prints it as a default.
+	fs.StringVar(&c.password, "password", "", "NATS password [KPOOL_PASSWORD]")
+	c.password = os.Getenv("KPOOL_PASSWORD")
 	fs.StringVar(&c.tlsCA, "tls-ca", envOr("KPOOL_TLS_CA", ""), "CA certificate file for NATS TLS [KPOOL_TLS_CA]")
 	fs.StringVar(&c.tlsCert, "tls-cert", envOr("KPOOL_TLS_CERT", ""), "client certificate file for NATS TLS [KPOOL_TLS_CERT]")
 	fs.StringVar(&c.tlsKey, "tls-key", envOr("KPOOL_TLS_KEY", ""), "client key file for NATS TLS [KPOOL_TLS_KEY]")

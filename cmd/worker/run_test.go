@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -214,6 +215,35 @@ func TestRunFlagErrors(t *testing.T) {
 		}
 		for k := range tc.env {
 			os.Unsetenv(k)
+		}
+	}
+}
+
+// TestPasswordNotInUsage: KPOOL_PASSWORD is used, but the usage text printed on a flag
+// error never shows it as a default.
+func TestPasswordNotInUsage(t *testing.T) {
+	t.Setenv("KPOOL_PASSWORD", "hunter2-secret")
+	for _, args := range [][]string{{"run", "--nope"}, {"pool", "list", "--nope"}} {
+		var out, errb bytes.Buffer
+		if code := dispatch(args, &out, &errb); code != 2 || !strings.Contains(errb.String(), "KPOOL_PASSWORD") {
+			t.Fatalf("%v: exit %d, want 2 and the usage:\n%s", args, code, errb.String())
+		}
+		if strings.Contains(errb.String(), "hunter2") {
+			t.Errorf("%v: the usage shows the password:\n%s", args, errb.String())
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "hunter2-secret"},
+		{[]string{"--password", "given"}, "given"},
+	} {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		var cf connFlags
+		cf.register(fs, "")
+		if err := fs.Parse(tc.args); err != nil || cf.password != tc.want {
+			t.Errorf("%v: password %q, err %v; want %q", tc.args, cf.password, err, tc.want)
 		}
 	}
 }
