@@ -122,8 +122,3 @@ func params(s CipherSuite) (*suiteParams, error) {
 	}
 	return suites[s], nil
 }
-
-// isGrease reports whether v is an RFC 9420 §13.5 GREASE value (0x0A0A, 0x1A1A, ... 0xEAEA).
-func isGrease(v uint16) bool {
-	return v&0x0f0f == 0x0a0a && v>>12 == (v>>4)&0x0f && v>>12 != 0x0f
-}

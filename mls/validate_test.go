@@ -301,6 +301,11 @@ func TestGreaseTolerated(t *testing.T) {
 	checkRoundTrip(t, MarshalMLSMessage(kp), true, testNow, DefaultPolicy())
 }
 
+// isGrease reports whether v is an RFC 9420 §13.5 GREASE value (0x0A0A, 0x1A1A, ... 0xEAEA).
+func isGrease(v uint16) bool {
+	return v&0x0f0f == 0x0a0a && v>>12 == (v>>4)&0x0f && v>>12 != 0x0f
+}
+
 func u16s[T ~uint16](l []T) []uint16 {
 	out := make([]uint16, len(l))
 	for i, v := range l {
