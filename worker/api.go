@@ -214,15 +214,11 @@ func (w *Worker) apiList(_ string, _ []byte) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := natsbus.PoolList{Pools: make([]events.Status, 0, len(pools))}
-	for _, p := range pools {
-		st, err := w.statusOf(p)
-		if err != nil {
-			return nil, err
-		}
-		out.Pools = append(out.Pools, st)
+	sts, err := w.statusesOf(pools)
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	return natsbus.PoolList{Pools: sts}, nil
 }
 
 func (w *Worker) apiReplenish(id string, data []byte) (any, error) {
