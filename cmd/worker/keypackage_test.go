@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -52,7 +53,7 @@ func TestKeypackageGenerateInspect(t *testing.T) {
 			}
 			kp, err := mls.DecodeMLSMessage(b)
 			if err != nil || string(kp.LeafNode.Credential.Identity) != "carol" || !kp.IsLastResort() ||
-				kp.LeafNode.Lifetime != (mls.Lifetime{NotBefore: 1000, NotAfter: 2000}) || kp.CipherSuite.String() == "" {
+				kp.LeafNode.Lifetime != (mls.Lifetime{NotBefore: 1000, NotAfter: 2000}) || fmt.Sprint(uint16(kp.CipherSuite)) != suite {
 				t.Fatalf("generated KeyPackage: %v", err)
 			}
 		}
