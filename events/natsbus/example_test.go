@@ -100,7 +100,8 @@ func ExampleClient_WatchStatus() {
 func ExampleClient_Take() {
 	c, done := exampleWorker()
 	defer done()
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 
 	refs := make(chan string, 16)
 	stop, _ := c.ConsumeDeliveries(ctx, "ds", "alice", natsbus.DeliveryHandler{Upload: func(u events.Upload) error {
@@ -115,8 +116,8 @@ func ExampleClient_Take() {
 	}
 	ref := <-refs
 	// Wait until the ack is applied (the DS acked asynchronously).
-	for kp, _ := c.Get(ctx, "alice", ref); kp.State != "available"; kp, _ = c.Get(ctx, "alice", ref) {
-		time.Sleep(10 * time.Millisecond)
+	for kp, _ := c.Get(ctx, "alice", ref); kp.State != "available" && ctx.Err() == nil; kp, _ = c.Get(ctx, "alice", ref) {
+		time.Sleep(10 * time.Millisecond) // poll interval; ctx is the deadline
 	}
 
 	raw, err := c.Take(ctx, "alice", ref, 1)
