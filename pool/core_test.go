@@ -139,7 +139,8 @@ func TestViewErrorsPropagate(t *testing.T) {
 	}
 }
 
-// Outbox messages never carry anything but public data, and decode as their kind.
+// Every outbox body of a replenish on a used pool is JSON naming the pool. (That no
+// private key reaches a body holds by construction: the core never sees one.)
 func TestOutboxBodiesDecode(t *testing.T) {
 	h := newHarness(t)
 	for _, line := range []string{"register target=2 low=1 cap=4", "generate n=all", "ack ref=all", "claim ref=lr1", "tick +80d"} {
