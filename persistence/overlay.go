@@ -31,6 +31,7 @@ type overlay struct {
 	seen    map[string]op[uint64]
 	expiry  map[string]op[struct{}]
 	due     []string              // expiry keys put in the overlay, unordered (may repeat)
+	dueMin  string                // the smallest key in due: Due skips the walk when it is not due
 	outbox  map[string]op[uint64] // outbound id → outbox key
 }
 
@@ -64,6 +65,10 @@ func (o *overlay) trim(committed uint64, cache map[string]pool.Pool) {
 	trimMap(o.expiry, committed)
 	trimMap(o.outbox, committed)
 	o.due = slices.DeleteFunc(o.due, func(k string) bool { _, ok := o.expiry[k]; return !ok })
+	o.dueMin = ""
+	if len(o.due) > 0 {
+		o.dueMin = slices.Min(o.due)
+	}
 }
 
 func trimMap[T any](m map[string]op[T], committed uint64) {
@@ -76,6 +81,9 @@ func trimMap[T any](m map[string]op[T], committed uint64) {
 
 func (o *overlay) putExpiry(k string, batch uint64) {
 	if e, ok := o.expiry[k]; !ok || e.del {
+		if len(o.due) == 0 || k < o.dueMin {
+			o.dueMin = k
+		}
 		o.due = append(o.due, k)
 	}
 	o.expiry[k] = op[struct{}]{batch: batch}
@@ -170,15 +178,19 @@ func (v *ovView) sealed(id string) []byte {
 }
 
 // Due merges the snapshot's due entries with the overlay's, dropping those the
-// overlay deleted. The overlay holds only recent puts, which are rarely due.
+// overlay deleted. The overlay holds only recent puts, which are rarely due: the core
+// asks on every step, so the puts are walked only when the smallest of them is due
+// (every key sorts at or after dueMin, and so does its time prefix).
 func (v *ovView) Due(until time.Time, fn func(pool.IndexEntry) bool) error {
 	end := timeKey(until)
 	isDue := func(k string) bool { return bytes.Compare([]byte(k[:min(len(k), timeKeyLen)]), end) <= 0 }
 	var extra []string // overlay puts that are due: usually none, they are recent
-	for _, k := range v.ov.due {
-		if isDue(k) {
-			if e, ok := v.ov.expiry[k]; ok && !e.del {
-				extra = append(extra, k)
+	if len(v.ov.due) > 0 && isDue(v.ov.dueMin) {
+		for _, k := range v.ov.due {
+			if isDue(k) {
+				if e, ok := v.ov.expiry[k]; ok && !e.del {
+					extra = append(extra, k)
+				}
 			}
 		}
 	}
