@@ -42,7 +42,8 @@ fuzz-short:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
 
-# regenerate generated docs and golden files
+# regenerate the state diagram from the fsm table; golden files have their own -rewrite
+# flags (go test ./pool -run TestScenarios -rewrite, go test ./replay -rewrite)
 generate:
 	$(GO) test ./fsm -run TestStateDiagram -rewrite
 
