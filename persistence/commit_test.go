@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/fsm"
 	"github.com/kpool/kpool/pool"
 	berrors "go.etcd.io/bbolt/errors"
 )
@@ -435,5 +437,79 @@ func TestSubmitAsyncKeepsOrderAndGroups(t *testing.T) {
 	t.Logf("%d inputs in %d transactions", st.Inputs, st.Transactions)
 	if st.Transactions > 100 {
 		t.Fatalf("%d transactions for 301 inputs: not grouped", st.Transactions)
+	}
+}
+
+// A step sees the timers of batches stepped but not yet committed: a tick stepped while
+// the batch that put a KeyPackage's deadline waits to be written expires it, together
+// with a committed one; an earlier tick, before both deadlines, expires nothing.
+func TestStepSeesDueTimersOfUncommittedBatches(t *testing.T) {
+	db, key := testPaths(t)
+	s := mustOpen(t, db, key)
+	defer s.Close()
+	var mu sync.Mutex
+	stepped := map[uint64]int{}
+	gate, atGate := make(chan struct{}), make(chan struct{})
+	c := NewCommitterWith(s, fakeStep, CommitterOptions{
+		onStep: func(b uint64) { mu.Lock(); stepped[b]++; mu.Unlock() },
+		onWrite: func(b uint64) {
+			if b == 3 {
+				close(atGate)
+				<-gate
+			}
+		},
+	})
+	defer c.Close()
+	submitOK(t, c, regInput("r1", "p1"))                                                 // batch 1
+	submitOK(t, c, genInput("g0", "p1", refOf(0), t0))                                   // batch 2: committed, due t0+1h
+	held, err := c.SubmitAsync(context.Background(), genInput("g1", "p1", refOf(1), t0)) // batch 3, held
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-atGate
+	var ticks []*Pending
+	for i, at := range []time.Time{t0.Add(30 * time.Minute), t0.Add(2 * time.Hour)} {
+		p, err := c.SubmitAsync(context.Background(), Input{Event: evTick(fmt.Sprintf("k%d", i), at)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ticks = append(ticks, p)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := stepped[4]
+		mu.Unlock()
+		if n == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ticks stepped %d of 2 while batch 3 was held", n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(gate)
+	if res, err := held.Wait(context.Background()); err != nil || res.Err != nil {
+		t.Fatalf("g1: %v %v", err, res.Err)
+	}
+	var expired [][]string
+	for i, p := range ticks {
+		res, err := p.Wait(context.Background())
+		if err != nil || res.Err != nil {
+			t.Fatalf("tick %d: %v %v", i, err, res.Err)
+		}
+		var refs []string
+		for _, kp := range res.Ready.KeyPackages {
+			if kp.State == fsm.Expired {
+				refs = append(refs, kp.Ref)
+			}
+		}
+		expired = append(expired, refs)
+	}
+	if len(expired[0]) != 0 {
+		t.Fatalf("tick before the deadlines expired %v", expired[0])
+	}
+	if want := []string{refOf(0), refOf(1)}; !slices.Equal(expired[1], want) {
+		t.Fatalf("tick after the deadlines expired %v, want %v (the committed one and the held one)", expired[1], want)
 	}
 }
