@@ -4,6 +4,7 @@
 package events
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"time"
 )
@@ -49,6 +50,24 @@ type Event struct {
 	Generated *Generated `json:"generated,omitempty"`
 	Register  *Register  `json:"register,omitempty"`
 }
+
+// Digest identifies an event's content for deduplication.
+type Digest [sha256.Size]byte
+
+// Digest hashes everything of the event but its time: the same id, type, pool and payload
+// is the same event even when a publisher stamped its retry with a new time.
+func (e Event) Digest() Digest {
+	e.Time = time.Time{}
+	data, err := json.Marshal(e)
+	if err != nil {
+		panic("events: an Event always marshals: " + err.Error())
+	}
+	return sha256.Sum256(data)
+}
+
+// MsgID is the Nats-Msg-Id to publish the event with: ids are unique per pool, so
+// JetStream's duplicate window must not let one pool's id drop another pool's event.
+func (e Event) MsgID() string { return e.Pool + "/" + e.ID }
 
 // Generated is the public data of a KeyPackage the worker generated. Never private keys.
 type Generated struct {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // MaxEventSize bounds an inbound payload; larger messages are rejected unread.
@@ -33,6 +34,10 @@ func Decode(data []byte) (Event, error) {
 	var e Event
 	if len(data) > MaxEventSize {
 		return e, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(data), MaxEventSize)
+	}
+	// encoding/json turns invalid UTF-8 into U+FFFD, so two different ids could collide.
+	if !utf8.Valid(data) {
+		return e, fmt.Errorf("%w: not valid UTF-8", ErrMalformed)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()

@@ -185,8 +185,9 @@ func (v *ovView) record(w *batchWrites, seal *sealer, in Input, r pool.Ready) er
 	w.outSeq = *v.outSeq
 	if r.Seq != 0 {
 		if r.Input.ID != "" {
-			w.put(iSeen, []byte(r.Input.ID), seqKey(r.Seq))
-			o.seen[r.Input.ID] = op[uint64]{v: r.Seq, batch: b}
+			k := seenKey(r.Input.Pool, r.Input.ID)
+			w.put(iSeen, k, seenValue(r.Seq, r.Input.Digest()))
+			o.seen[string(k)] = op[[]byte]{v: seenValue(r.Seq, r.Input.Digest()), batch: b}
 		}
 		data, err := json.Marshal(r.Input)
 		if err != nil {
@@ -276,8 +277,9 @@ func (v *txView) pruneJournal(retention int64, limit int) error {
 		if unixNano(ev.Time) >= cutoff {
 			return nil
 		}
-		if s := v.seen.Get([]byte(ev.ID)); s != nil && seqOf(s) == seqOf(k) {
-			if err := v.seen.Delete([]byte(ev.ID)); err != nil {
+		key := seenKey(ev.Pool, ev.ID)
+		if seq, _, ok := parseSeen(v.seen.Get(key)); ok && seq == seqOf(k) {
+			if err := v.seen.Delete(key); err != nil {
 				return err
 			}
 		}

@@ -63,7 +63,7 @@ func rawWrites(in Input, r pool.Ready, outboxSeq *uint64) []kv {
 		put(bOutboxIDs, []byte(o.ID), seqKey(*outboxSeq))
 	}
 	if r.Seq != 0 {
-		put(bSeen, []byte(r.Input.ID), seqKey(r.Seq))
+		put(bSeen, seenKey(r.Input.Pool, r.Input.ID), seenValue(r.Seq, r.Input.Digest()))
 		put(bJournal, seqKey(r.Seq), r.Input)
 		put(bMeta, kApplied, r.Meta)
 	}

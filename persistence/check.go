@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/kpool/kpool/fsm"
+	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/pool"
 	bolt "go.etcd.io/bbolt"
 )
@@ -60,20 +61,29 @@ func (s *Store) checkJournal(v *txView, meta pool.Meta, add func(string, ...any)
 			add("journal: seq %d follows %d", seq, last)
 		}
 		last = seq
-		var ev struct{ ID string }
+		var ev events.Event
 		if err := json.Unmarshal(val, &ev); err != nil {
 			add("journal %d: %v", seq, err)
 			continue
 		}
-		if got := v.seen.Get([]byte(ev.ID)); seqOf(got) != seq {
-			add("journal %d: event %s has dedup seq %d", seq, ev.ID, seqOf(got))
+		got, digest, ok := parseSeen(v.seen.Get(seenKey(ev.Pool, ev.ID)))
+		switch {
+		case !ok || got != seq:
+			add("journal %d: event %s of pool %q has dedup seq %d", seq, ev.ID, ev.Pool, got)
+		case digest != ev.Digest():
+			add("journal %d: event %s of pool %q has another digest in its dedup entry", seq, ev.ID, ev.Pool)
 		}
 	}
 	if last != meta.Seq {
 		add("journal ends at %d, last applied is %d", last, meta.Seq)
 	}
 	_ = v.seen.ForEach(func(k, val []byte) error {
-		if seq := seqOf(val); seq >= first && (seq > last || v.journal.Get(seqKey(seq)) == nil) {
+		seq, _, ok := parseSeen(val)
+		if !ok {
+			add("dedup id %s: malformed entry", k)
+			return nil
+		}
+		if seq >= first && (seq > last || v.journal.Get(seqKey(seq)) == nil) {
 			add("dedup id %s names seq %d, not journaled", k, seq)
 		}
 		return nil

@@ -2,7 +2,6 @@ package persistence
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -413,19 +412,19 @@ func (c *Committer) apply(v *ovView, w *batchWrites, in Input) (res Result, err 
 		return Result{Err: serr}, nil
 	}
 	res.Ready = r
+	if r.Duplicate {
+		// Never reveal on a duplicate: the original input did whatever revealing it did.
+		return res, nil
+	}
 	if in.Reveal != "" {
+		if !consumes(r, in.Reveal) {
+			return Result{}, fmt.Errorf("reveal of %s asked by input %q, which does not consume it", in.Reveal, in.Event.ID)
+		}
 		plain, rerr := c.s.secretFrom(v.sealed(in.Reveal), in.Reveal)
-		switch {
-		case rerr == nil:
-			res.Revealed = plain
-		case r.Duplicate && errors.Is(rerr, ErrNotFound):
-			// Already taken and erased by the original delivery.
-		default:
+		if rerr != nil {
 			return Result{Err: rerr}, nil
 		}
-	}
-	if r.Duplicate {
-		return res, nil
+		res.Revealed = plain
 	}
 	if verr := v.validate(in, r, c.opts.AllowMissingSecrets); verr != nil {
 		clear(res.Revealed)
@@ -440,6 +439,12 @@ func (c *Committer) apply(v *ovView, w *batchWrites, in Input) (res Result, err 
 		return Result{}, werr
 	}
 	return res, nil
+}
+
+// consumes reports whether a step applied a `consumed` input for ref: the only step
+// that may reveal a private bundle.
+func consumes(r pool.Ready, ref string) bool {
+	return r.Input.Type == events.TypeConsumed && r.Input.Ref == ref && !r.Duplicate && r.Seq != 0
 }
 
 // safeStep keeps a core bug from killing the single writer.

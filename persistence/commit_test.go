@@ -272,10 +272,10 @@ func TestJournalRetentionPrunesOldEntriesAndDedupIDs(t *testing.T) {
 		t.Fatalf("journal after retention: %v, want [7]", seqs)
 	}
 	s.View(func(v pool.View) error {
-		if ok, _ := v.Seen("r1"); ok {
+		if _, ok, _ := v.Seen("p1", "r1"); ok {
 			t.Error("pruned entry's dedup id kept")
 		}
-		if ok, _ := v.Seen("late"); !ok {
+		if _, ok, _ := v.Seen("", "late"); !ok {
 			t.Error("retained entry's dedup id lost")
 		}
 		return nil

@@ -16,7 +16,7 @@ import (
 // produce every kind of Ready field (records, index moves, erase, purge, outbox,
 // journal, dedup) so the store can be tested before and independently of the core.
 func fakeStep(v pool.View, ev events.Event) (pool.Ready, error) {
-	if seen, err := v.Seen(ev.ID); err != nil || seen {
+	if _, seen, err := v.Seen(ev.Pool, ev.ID); err != nil || seen {
 		return pool.Ready{Duplicate: seen}, err
 	}
 	m, err := v.Meta()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -177,7 +178,7 @@ func TestUnknownSchemaVersion(t *testing.T) {
 		value []byte
 		found string
 	}{
-		{"newer", encVersion(SchemaVersion + 1), "2"},
+		{"newer", encVersion(SchemaVersion + 1), strconv.FormatUint(uint64(SchemaVersion+1), 10)},
 		{"zero", encVersion(0), "0"},
 		{"garbage", []byte("v1"), "0x7631"},
 		{"absent", nil, "none"},

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/pool"
 )
 
@@ -28,7 +29,7 @@ type overlay struct {
 	kps     map[string]op[pool.KeyPackage]
 	pools   map[string]op[pool.Pool]
 	secrets map[string]op[[]byte] // sealed
-	seen    map[string]op[uint64]
+	seen    map[string]op[[]byte] // seenKey → seenValue
 	expiry  map[string]op[struct{}]
 	due     []string              // expiry keys put in the overlay, unordered (may repeat)
 	dueMin  string                // the smallest key in due: Due skips the walk when it is not due
@@ -38,7 +39,7 @@ type overlay struct {
 func newOverlay() *overlay {
 	return &overlay{
 		kps: map[string]op[pool.KeyPackage]{}, pools: map[string]op[pool.Pool]{},
-		secrets: map[string]op[[]byte]{}, seen: map[string]op[uint64]{},
+		secrets: map[string]op[[]byte]{}, seen: map[string]op[[]byte]{},
 		expiry: map[string]op[struct{}]{}, outbox: map[string]op[uint64]{},
 	}
 }
@@ -153,11 +154,12 @@ func (v *ovView) hasKP(ref string) bool {
 	return v.r.kps.Get([]byte(ref)) != nil
 }
 
-func (v *ovView) Seen(id string) (bool, error) {
-	if e, ok := v.ov.seen[id]; ok {
-		return !e.del, nil
+func (v *ovView) Seen(poolID, id string) (events.Digest, bool, error) {
+	if e, ok := v.ov.seen[string(seenKey(poolID, id))]; ok {
+		_, d, _ := parseSeen(e.v)
+		return d, !e.del, nil
 	}
-	return v.r.Seen(id)
+	return v.r.Seen(poolID, id)
 }
 
 func (v *ovView) hasSecret(id string) bool {

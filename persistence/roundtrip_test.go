@@ -139,8 +139,10 @@ func checkAgainstModel(t *testing.T, s *Store, m *model) {
 		}
 	}
 	var seqs []uint64
+	var journaled []events.Event
 	if err := s.Journal(1, 0, func(seq uint64, ev events.Event) error {
 		seqs = append(seqs, seq)
+		journaled = append(journaled, ev)
 		if m.journal[seq] != ev.ID {
 			t.Errorf("journal %d = %s, want %s", seq, ev.ID, m.journal[seq])
 		}
@@ -159,12 +161,12 @@ func checkAgainstModel(t *testing.T, s *Store, m *model) {
 		t.Errorf("outbox %v, want %v", ob, m.outbox)
 	}
 	if err := s.View(func(v pool.View) error {
-		for _, id := range m.journal {
-			if seen, _ := v.Seen(id); !seen {
-				t.Errorf("Seen(%s) = false", id)
+		for _, ev := range journaled {
+			if d, seen, _ := v.Seen(ev.Pool, ev.ID); !seen || d != ev.Digest() {
+				t.Errorf("Seen(%s, %s) = %v, digest match %v", ev.Pool, ev.ID, seen, d == ev.Digest())
 			}
 		}
-		if seen, _ := v.Seen("never"); seen {
+		if _, seen, _ := v.Seen("", "never"); seen {
 			t.Error("Seen(never) = true")
 		}
 		return nil

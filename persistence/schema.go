@@ -2,14 +2,16 @@ package persistence
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"strconv"
 
+	"github.com/kpool/kpool/events"
 	bolt "go.etcd.io/bbolt"
 )
 
 // SchemaVersion is the layout this build writes (see docs/storage.md).
-const SchemaVersion uint32 = 1
+const SchemaVersion uint32 = 2
 
 // Buckets. Every top-level bucket is created when a database is initialised; a
 // migration that adds one must create it too.
@@ -20,7 +22,7 @@ var (
 	bPoolKPs   = []byte("pool_kps")    // pool id + "/" + ref → empty
 	bExpiry    = []byte("expiry")      // 8-byte time + ref → empty
 	bSecrets   = []byte("secrets")     // id → nonce || AES-256-GCM ciphertext
-	bSeen      = []byte("seen")        // event id → 8-byte seq
+	bSeen      = []byte("seen")        // pool + "/" + event id → 8-byte seq || event digest (view.go)
 	bJournal   = []byte("journal")     // 8-byte seq → JSON events.Event
 	bOutbox    = []byte("outbox")      // 8-byte outbox seq → binary events.Outbound (outbound.go)
 	bOutboxIDs = []byte("outbox_ids")  // outbound id → outbox key
@@ -39,7 +41,47 @@ var (
 // migrations[v] upgrades a database from schema v to v+1 inside one write
 // transaction. This is the one place migrations go: add a function here, bump
 // SchemaVersion, and describe the change in docs/storage.md.
-var migrations = map[uint32]func(tx *bolt.Tx) error{}
+var migrations = map[uint32]func(tx *bolt.Tx) error{
+	1: migrateSeenPerPool,
+}
+
+// migrateSeenPerPool re-keys the dedup ids (schema 1: event id → seq) per pool, with the
+// digest of the journaled event, which schema 2 compares to refuse a reused id. An entry
+// whose journal entry is gone cannot be re-keyed and is dropped (schema 1 pruned both).
+func migrateSeenPerPool(tx *bolt.Tx) error {
+	seen, journal := tx.Bucket(bSeen), tx.Bucket(bJournal)
+	type entry struct{ old, key, val []byte }
+	var moves []entry
+	err := seen.ForEach(func(k, v []byte) error {
+		e := entry{old: append([]byte(nil), k...)}
+		if data := journal.Get(v); len(v) == 8 && data != nil {
+			var ev events.Event
+			if err := json.Unmarshal(data, &ev); err != nil {
+				return fmt.Errorf("journal entry %d: %w", seqOf(v), err)
+			}
+			e.key, e.val = seenKey(ev.Pool, ev.ID), seenValue(seqOf(v), ev.Digest())
+		}
+		moves = append(moves, e)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, e := range moves {
+		if err := seen.Delete(e.old); err != nil {
+			return err
+		}
+	}
+	for _, e := range moves {
+		if e.key == nil {
+			continue
+		}
+		if err := seen.Put(e.key, e.val); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // checkSchema reads the stored version, initialises an empty database and runs the
 // migrations up to SchemaVersion. readOnly databases are checked, never changed.

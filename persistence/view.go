@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/pool"
 	bolt "go.etcd.io/bbolt"
 )
@@ -96,8 +97,32 @@ func (v *txView) Due(until time.Time, fn func(pool.IndexEntry) bool) error {
 	return nil
 }
 
-func (v *txView) Seen(eventID string) (bool, error) {
-	return v.seen.Get([]byte(eventID)) != nil, nil
+func (v *txView) Seen(poolID, eventID string) (events.Digest, bool, error) {
+	b := v.seen.Get(seenKey(poolID, eventID))
+	if b == nil {
+		return events.Digest{}, false, nil
+	}
+	_, d, ok := parseSeen(b)
+	if !ok {
+		return d, false, fmt.Errorf("dedup entry %s/%s: %d bytes, want %d", poolID, eventID, len(b), seenLen)
+	}
+	return d, true, nil
+}
+
+// seenKey is a dedup entry's key: ids are per pool, and a pool id has no "/".
+func seenKey(poolID, eventID string) []byte { return []byte(poolID + "/" + eventID) }
+
+// A dedup entry's value: the 8-byte seq of the input that applied the id, then its digest.
+const seenLen = 8 + len(events.Digest{})
+
+func seenValue(seq uint64, d events.Digest) []byte { return append(seqKey(seq), d[:]...) }
+
+func parseSeen(b []byte) (seq uint64, d events.Digest, ok bool) {
+	if len(b) != seenLen {
+		return 0, d, false
+	}
+	copy(d[:], b[8:])
+	return binary.BigEndian.Uint64(b), d, true
 }
 
 func (v *txView) hasSecret(id string) bool { return v.secrets.Get([]byte(id)) != nil }

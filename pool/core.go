@@ -37,15 +37,20 @@ type Core struct {
 // means the input was rejected and nothing changed; a *RejectError says what and why.
 // A Step costs O(1) in the pool size plus O(KeyPackages whose timers are due).
 func (c *Core) Step(v View, in events.Event) (Ready, error) {
-	seen, err := v.Seen(in.ID)
+	if err := events.Validate(in); err != nil {
+		return Ready{}, reject(in, CodeInvalidInput, "", err.Error(), err)
+	}
+	// Ids are deduplicated per pool, and only the same event is a duplicate: an id reused
+	// for another event is refused, never silently dropped.
+	digest, seen, err := v.Seen(in.Pool, in.ID)
 	if err != nil {
 		return Ready{}, err
 	}
 	if seen {
-		return Ready{Input: in, Duplicate: true}, nil
-	}
-	if err := events.Validate(in); err != nil {
-		return Ready{}, reject(in, CodeInvalidInput, "", err.Error(), err)
+		if digest == in.Digest() {
+			return Ready{Input: in, Duplicate: true}, nil
+		}
+		return Ready{}, reject(in, CodeIDReused, in.Ref, fmt.Sprintf("event id %q was already applied in %s to a different event; an id names one event per pool", in.ID, poolName(in.Pool)), nil)
 	}
 	meta, err := v.Meta()
 	if err != nil {
@@ -95,6 +100,13 @@ func (t *txn) due() error {
 		}
 	}
 	return nil
+}
+
+func poolName(id string) string {
+	if id == "" {
+		return "the worker (no pool)"
+	}
+	return "pool " + id
 }
 
 func reject(in events.Event, code, ref, reason string, err error) *RejectError {

@@ -15,6 +15,7 @@ const (
 	CodeConflict          = "conflict" // e.g. re-registering a pool with another identity
 	CodeOverCap           = "over_cap"
 	CodeInvalidInput      = "invalid_input"
+	CodeIDReused          = "id_reused" // an event id already applied in the pool to a different event
 )
 
 // ErrRejected is matched by every RejectError.

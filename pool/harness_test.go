@@ -59,13 +59,17 @@ func (h *harness) name(ref string) string {
 func snapshot(m *MemStore) string {
 	var idx []IndexEntry
 	m.index.ascend(time.Unix(1<<40, 0), func(e IndexEntry) bool { idx = append(idx, e); return true })
+	seen := map[string]seenEntry{}
+	for k, e := range m.seen {
+		seen[k.pool+"/"+k.id] = e
+	}
 	b, _ := json.Marshal(struct {
 		Meta  Meta
 		Pools map[string]Pool
 		KPs   map[string]KeyPackage
 		Index []IndexEntry
-		Seen  map[string]uint64
-	}{m.meta, m.pools, m.kps, idx, m.seen})
+		Seen  map[string]seenEntry
+	}{m.meta, m.pools, m.kps, idx, seen})
 	return string(b)
 }
 

@@ -4,6 +4,8 @@ import (
 	"maps"
 	"slices"
 	"time"
+
+	"github.com/kpool/kpool/events"
 )
 
 // MemStore is an in-memory View for tests, replay and benchmarks. Apply writes a Ready
@@ -17,23 +19,30 @@ type MemStore struct {
 	pools  map[string]Pool
 	kps    map[string]KeyPackage
 	index  orderedIndex
-	seen   map[string]uint64 // event id → seq of the input that applied it
-	erased map[string]bool   // stored KeyPackages whose private keys were ordered erased
+	seen   map[seenKey]seenEntry // (pool, event id) → the input that applied it
+	erased map[string]bool  // stored KeyPackages whose private keys were ordered erased
 
 	retention time.Duration
 	journal   []journaled // applied inputs still retained, in seq order (only with a retention)
 }
 
+type seenKey struct{ pool, id string }
+
+type seenEntry struct {
+	seq    uint64
+	digest events.Digest
+}
+
 // journaled is what the retention rule needs of one applied input.
 type journaled struct {
 	seq uint64
-	id  string
+	key seenKey
 	at  time.Time // the event's time, as journaled
 }
 
 // NewMemStore returns an empty store.
 func NewMemStore() *MemStore {
-	return &MemStore{pools: map[string]Pool{}, kps: map[string]KeyPackage{}, seen: map[string]uint64{}, erased: map[string]bool{}}
+	return &MemStore{pools: map[string]Pool{}, kps: map[string]KeyPackage{}, seen: map[seenKey]seenEntry{}, erased: map[string]bool{}}
 }
 
 // SetJournalRetention makes the store forget event ids as persistence does with
@@ -70,9 +79,9 @@ func (m *MemStore) Due(until time.Time, fn func(IndexEntry) bool) error {
 }
 
 // Seen implements View.
-func (m *MemStore) Seen(id string) (bool, error) {
-	_, ok := m.seen[id]
-	return ok, nil
+func (m *MemStore) Seen(pool, id string) (events.Digest, bool, error) {
+	s, ok := m.seen[seenKey{pool, id}]
+	return s.digest, ok, nil
 }
 
 // Apply writes r. A duplicate changes nothing.
@@ -84,8 +93,9 @@ func (m *MemStore) Apply(r Ready) {
 	if r.Duplicate {
 		return
 	}
+	key := seenKey{r.Input.Pool, r.Input.ID}
 	if r.Input.ID != "" {
-		m.seen[r.Input.ID] = r.Seq
+		m.seen[key] = seenEntry{seq: r.Seq, digest: r.Input.Digest()}
 	}
 	m.meta = r.Meta
 	for _, p := range r.Pools {
@@ -108,7 +118,7 @@ func (m *MemStore) Apply(r Ready) {
 		m.erased[ref] = true
 	}
 	if m.retention > 0 {
-		m.journal = append(m.journal, journaled{seq: r.Seq, id: r.Input.ID, at: r.Input.Time})
+		m.journal = append(m.journal, journaled{seq: r.Seq, key: key, at: r.Input.Time})
 		m.prune()
 	}
 }
@@ -124,8 +134,8 @@ func (m *MemStore) prune() {
 		if !j.at.Before(cutoff) {
 			break
 		}
-		if seq, ok := m.seen[j.id]; ok && seq == j.seq {
-			delete(m.seen, j.id)
+		if s, ok := m.seen[j.key]; ok && s.seq == j.seq {
+			delete(m.seen, j.key)
 		}
 		n++
 	}

@@ -23,7 +23,7 @@ func stepApply(t *testing.T, m *MemStore, in events.Event) bool {
 	return r.Duplicate
 }
 
-func seen(m *MemStore, id string) bool { ok, _ := m.Seen(id); return ok }
+func seen(m *MemStore, id string) bool { _, ok, _ := m.Seen("", id); return ok }
 
 // The retention rule is persistence's: ids of inputs whose event time is more than the
 // retention before the latest event time are forgotten, in sequence order, stopping

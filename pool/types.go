@@ -111,8 +111,9 @@ type View interface {
 	// Due calls fn for index entries with At <= until, in (At, Ref) order, until fn
 	// returns false.
 	Due(until time.Time, fn func(IndexEntry) bool) error
-	// Seen reports whether an event id was already applied.
-	Seen(eventID string) (bool, error)
+	// Seen reports whether an event id was already applied in a pool ("" for inputs of
+	// no pool), with the digest (events.Event.Digest) of the input it was applied with.
+	Seen(pool, eventID string) (digest events.Digest, ok bool, err error)
 }
 
 // GenerateRequest asks the edge to mint KeyPackages for a pool and feed each back as a

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/events/natsbus"
 	"github.com/kpool/kpool/mls"
 	"github.com/kpool/kpool/persistence"
 	"github.com/kpool/kpool/pool"
@@ -188,7 +189,7 @@ func (g *generator) mintOne(p pool.Pool, lastResort bool, signers map[string]mls
 	}
 	hexRef := hex.EncodeToString(ref)
 	ev := events.Event{
-		ID:   "gen-" + hexRef,
+		ID:   natsbus.NewEventID(), // random: a take must not be able to name it
 		Type: events.TypeGenerated,
 		Time: now,
 		Pool: p.ID,

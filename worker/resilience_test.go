@@ -76,7 +76,7 @@ func TestDuplicates(t *testing.T) {
 	before, statusBefore := seq(), poolRecord(t, w, "alice").StatusSeq
 
 	// Same Nats-Msg-Id: JetStream drops it at publish time.
-	pa, err := js.Publish(context.Background(), w.Subjects().Event("alice", events.TypeUploadAck), mustJSON(ack), jetstream.WithMsgID("ack-1"))
+	pa, err := js.Publish(context.Background(), w.Subjects().Event("alice", events.TypeUploadAck), mustJSON(ack), jetstream.WithMsgID(ack.MsgID()))
 	if err != nil || !pa.Duplicate {
 		t.Fatalf("publish ack: %+v %v, want a JetStream duplicate", pa, err)
 	}

@@ -39,7 +39,7 @@ func (w *Worker) PublishTick(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	_, err = w.js.Publish(ctx, w.subj.Event("", events.TypeExpiryTick), data, jetstream.WithMsgID(ev.ID))
+	_, err = w.js.Publish(ctx, w.subj.Event("", events.TypeExpiryTick), data, jetstream.WithMsgID(ev.MsgID()))
 	if err == nil {
 		w.metrics.ticks.Inc()
 	}

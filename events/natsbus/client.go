@@ -83,7 +83,7 @@ func (c *Client) Publish(ctx context.Context, ev events.Event) (events.Event, er
 	if err != nil {
 		return ev, err
 	}
-	if _, err := c.js.Publish(ctx, c.subj.Event(ev.Pool, ev.Type), data, jetstream.WithMsgID(ev.ID)); err != nil {
+	if _, err := c.js.Publish(ctx, c.subj.Event(ev.Pool, ev.Type), data, jetstream.WithMsgID(ev.MsgID())); err != nil {
 		return ev, fmt.Errorf("natsbus: publish %s: %w", ev.Type, err)
 	}
 	return ev, nil
