@@ -30,11 +30,17 @@ var (
 	ErrInvalidSignatureKey        = errors.New("signature_key is not a valid public key for the suite")
 	ErrInitKeyEqualsEncryptionKey = errors.New("init_key equals the leaf encryption_key")
 	ErrSuiteNotInCapabilities     = errors.New("cipher suite not listed in capabilities")
-	ErrUnlistedExtension          = errors.New("extension type not listed in capabilities")
-	ErrDuplicateExtension         = errors.New("extension type appears twice")
-	ErrLifetime                   = errors.New("outside the lifetime window")
-	ErrLifetimeTooLong            = errors.New("lifetime longer than the policy maximum")
-	ErrSignature                  = errors.New("signature does not verify")
+	// ErrCredentialNotInCapabilities: the leaf's own credential type is not listed (RFC
+	// 9420 §7.2; OpenMLS refuses such a KeyPackage).
+	ErrCredentialNotInCapabilities = errors.New("credential type not listed in capabilities")
+	// ErrX509Credential: an x509 credential whose chain is malformed, whose leaf
+	// certificate does not hold the signature key, or that no trust anchor vouches for.
+	ErrX509Credential     = errors.New("x509 credential refused")
+	ErrUnlistedExtension  = errors.New("extension type not listed in capabilities")
+	ErrDuplicateExtension = errors.New("extension type appears twice")
+	ErrLifetime           = errors.New("outside the lifetime window")
+	ErrLifetimeTooLong    = errors.New("lifetime longer than the policy maximum")
+	ErrSignature          = errors.New("signature does not verify")
 	// ErrLeafNodeSignature and ErrKeyPackageSignature say which signature failed; both
 	// also match ErrSignature.
 	ErrLeafNodeSignature   = fmt.Errorf("LeafNode %w", ErrSignature)
@@ -48,6 +54,10 @@ var (
 	ErrBadBundle         = errors.New("malformed private bundle encoding")
 	ErrDecrypt           = errors.New("HPKE decryption failed")
 	ErrRandom            = errors.New("random source failed")
+	// ErrCapabilities: capabilities or extensions a KeyPackage could not be valid with.
+	ErrCapabilities = errors.New("capabilities refused")
+	// ErrX509: a certificate chain that is not well formed or does not fit the key.
+	ErrX509 = errors.New("x509 certificate chain refused")
 )
 
 // DecodeError says where decoding stopped and why.

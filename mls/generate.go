@@ -29,9 +29,17 @@ type GenerateOptions struct {
 	// the output is deterministic for the EdDSA suites 1, 3, 4, 6; ECDSA signatures
 	// (suites 2, 5, 7) are randomized by the standard library.
 	Rand io.Reader
-	// ExtraCapabilities are appended (without duplicates) to the defaults: version mls10,
-	// the KeyPackage's own suite, credential type basic, and last_resort when set.
-	ExtraCapabilities Capabilities
+	// Capabilities: each non-empty list replaces the default of DefaultCapabilities (mls10,
+	// the KeyPackage's own suite and credential type, no extensions, no proposals). The
+	// result must pass CheckProfile. last_resort is added to the extensions when LastResort
+	// is set.
+	Capabilities Capabilities
+	// Credential replaces the basic credential holding the identity argument; an x509
+	// credential's chain must pass CheckX509Chain for the signer's key.
+	Credential *Credential
+	// LeafExtensions and KeyPackageExtensions are carried as given (each non-default type
+	// must be listed in Capabilities.Extensions).
+	LeafExtensions, KeyPackageExtensions []Extension
 	// Grease adds one RFC 9420 §13.5 GREASE value (drawn from Rand) to each capability
 	// list other than versions.
 	Grease bool
@@ -111,7 +119,7 @@ func (PrivateBundle) MarshalJSON() ([]byte, error) {
 }
 
 // Generate makes a KeyPackage for suite signed by signer, with a basic credential holding
-// identity, and returns it with its private keys.
+// identity unless opts.Credential says otherwise, and returns it with its private keys.
 func Generate(suite CipherSuite, signer Signer, identity []byte, opts GenerateOptions) (*KeyPackage, *PrivateBundle, error) {
 	p, err := params(suite)
 	if err != nil {
@@ -123,6 +131,12 @@ func Generate(suite CipherSuite, signer Signer, identity []byte, opts GenerateOp
 	lt, err := opts.lifetime()
 	if err != nil {
 		return nil, nil, err
+	}
+	cred := Credential{Type: CredentialBasic, Identity: slices.Clone(identity)}
+	if opts.Credential != nil {
+		if cred, err = opts.credential(suite, signer.Public()); err != nil {
+			return nil, nil, err
+		}
 	}
 	rand := orDefault(opts.Rand)
 
@@ -148,16 +162,21 @@ func Generate(suite CipherSuite, signer Signer, identity []byte, opts GenerateOp
 		LeafNode: LeafNode{
 			EncryptionKey: encPub,
 			SignatureKey:  slices.Clone(signer.Public()), // the KeyPackage must not alias the signer
-			Credential:    Credential{Type: CredentialBasic, Identity: slices.Clone(identity)},
+			Credential:    cred,
 			Source:        LeafNodeSourceKeyPackage,
 			Lifetime:      lt,
+			Extensions:    cloneExtensions(opts.LeafExtensions),
 		},
+		Extensions: cloneExtensions(opts.KeyPackageExtensions),
 	}
-	if kp.LeafNode.Capabilities, err = opts.capabilities(suite, rand); err != nil {
+	if opts.LastResort && !slices.ContainsFunc(kp.Extensions, func(e Extension) bool { return e.Type == ExtensionLastResort }) {
+		kp.Extensions = append(kp.Extensions, Extension{Type: ExtensionLastResort, Data: []byte{}})
+	}
+	if kp.LeafNode.Capabilities, err = opts.capabilities(suite, cred.Type, rand); err != nil {
 		return nil, nil, err
 	}
-	if opts.LastResort {
-		kp.Extensions = []Extension{{Type: ExtensionLastResort, Data: []byte{}}}
+	if err := CheckProfile(suite, cred.Type, kp.LeafNode.Capabilities, kp.LeafNode.Extensions, kp.Extensions); err != nil {
+		return nil, nil, err
 	}
 
 	// One encoding pass: sign the LeafNodeTBS, append its signature, sign the KeyPackageTBS.
@@ -224,21 +243,10 @@ func (o *GenerateOptions) lifetime() (Lifetime, error) {
 	return lt, nil
 }
 
-func (o *GenerateOptions) capabilities(suite CipherSuite, rand io.Reader) (Capabilities, error) {
-	x := &o.ExtraCapabilities
-	c := Capabilities{
-		Versions:     addUnique([]uint16{ProtocolVersionMLS10}, x.Versions),
-		CipherSuites: addUnique([]CipherSuite{suite}, x.CipherSuites),
-		Proposals:    addUnique(nil, x.Proposals),
-		Credentials:  addUnique([]CredentialType{CredentialBasic}, x.Credentials),
-	}
-	var exts []ExtensionType
+func (o *GenerateOptions) capabilities(suite CipherSuite, cred CredentialType, rand io.Reader) (Capabilities, error) {
+	c := o.Capabilities.WithDefaults(suite, cred)
 	if o.LastResort {
-		exts = []ExtensionType{ExtensionLastResort}
-	}
-	c.Extensions = addUnique(exts, x.Extensions)
-	if c.Proposals == nil {
-		c.Proposals = []ProposalType{}
+		c.Extensions = addUnique(c.Extensions, []ExtensionType{ExtensionLastResort})
 	}
 	if o.Grease {
 		var g [4]byte
@@ -252,6 +260,33 @@ func (o *GenerateOptions) capabilities(suite CipherSuite, rand io.Reader) (Capab
 		c.Credentials = addUnique(c.Credentials, []CredentialType{CredentialType(grease(3))})
 	}
 	return c, nil
+}
+
+// credential checks and copies opts.Credential for a signer whose public key is pub.
+func (o *GenerateOptions) credential(suite CipherSuite, pub []byte) (Credential, error) {
+	c := o.Credential
+	switch c.Type {
+	case CredentialBasic:
+		return Credential{Type: CredentialBasic, Identity: slices.Clone(c.Identity)}, nil
+	case CredentialX509:
+		if err := CheckX509Chain(suite, pub, c.Certificates, nil, time.Time{}); err != nil {
+			return Credential{}, err
+		}
+		certs := make([][]byte, len(c.Certificates))
+		for i, der := range c.Certificates {
+			certs[i] = slices.Clone(der)
+		}
+		return Credential{Type: CredentialX509, Certificates: certs}, nil
+	}
+	return Credential{}, fmt.Errorf("mls: %w %d", ErrUnknownCredential, c.Type)
+}
+
+func cloneExtensions(exts []Extension) []Extension {
+	out := make([]Extension, len(exts))
+	for i, e := range exts {
+		out[i] = Extension{Type: e.Type, Data: append([]byte{}, e.Data...)}
+	}
+	return out
 }
 
 func addUnique[T comparable](base, extra []T) []T {

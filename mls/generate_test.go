@@ -195,13 +195,13 @@ func TestPrivateBundleEncoding(t *testing.T) {
 }
 
 func TestGenerateOptions(t *testing.T) {
-	kp, _ := generate(t, 3, GenerateOptions{NotBefore: 100, NotAfter: 200, ExtraCapabilities: Capabilities{
+	kp, _ := generate(t, 3, GenerateOptions{NotBefore: 100, NotAfter: 200, Capabilities: Capabilities{
 		CipherSuites: []CipherSuite{1, 3}, Extensions: []ExtensionType{0xff00}, Proposals: []ProposalType{8}}})
 	if kp.LeafNode.Lifetime != (Lifetime{100, 200}) {
 		t.Errorf("lifetime %+v", kp.LeafNode.Lifetime)
 	}
 	c := kp.LeafNode.Capabilities
-	if fmt.Sprint(c.CipherSuites) != "[MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519 MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519]" ||
+	if fmt.Sprint(c.CipherSuites) != "[MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519]" ||
 		fmt.Sprint(c.Extensions, c.Proposals, c.Credentials, c.Versions) != "[65280] [8] [1] [1]" {
 		t.Errorf("capabilities %+v", c)
 	}

@@ -2,6 +2,8 @@ package mls
 
 import (
 	"bytes"
+	"crypto/x509"
+	"strings"
 	"time"
 )
 
@@ -12,6 +14,10 @@ type Policy struct {
 	// AllowSuiteNotInCapabilities accepts a KeyPackage whose capabilities do not list its
 	// own cipher suite (the suite-7 KeyPackage of the interop welcome.json does this).
 	AllowSuiteNotInCapabilities bool
+	// TrustAnchors, when set, are the certificates an x509 credential's chain must end at
+	// or under (see CheckX509Chain). Without them the chain is only checked to be well
+	// formed and to certify the signature key: its trust is the application's business.
+	TrustAnchors []*x509.Certificate
 }
 
 // DefaultMaxLifetime is 84 days + 1 hour: the default lifetime plus its back-dating.
@@ -28,9 +34,13 @@ func isDefaultExtension(t ExtensionType) bool { return t >= 1 && t <= 5 }
 // Validate checks kp on its own as RFC 9420 §10.1 and §7.3 require, at time at. The
 // error is a *ValidationError wrapping one sentinel (ErrVersion, ErrUnknownCipherSuite,
 // ErrLeafNodeSource, ErrInvalidInitKey, ErrInvalidEncryptionKey, ErrInvalidSignatureKey,
-// ErrInitKeyEqualsEncryptionKey, ErrSuiteNotInCapabilities, ErrDuplicateExtension,
-// ErrUnlistedExtension, ErrLifetime, ErrLifetimeTooLong, ErrLeafNodeSignature,
-// ErrKeyPackageSignature). Cheap structural checks run first, signatures last.
+// ErrInitKeyEqualsEncryptionKey, ErrSuiteNotInCapabilities, ErrCredentialNotInCapabilities,
+// ErrDuplicateExtension, ErrUnlistedExtension, ErrLifetime, ErrLifetimeTooLong,
+// ErrLeafNodeSignature, ErrKeyPackageSignature, ErrX509Credential). Cheap structural checks
+// run first, signatures and certificates last.
+//
+// The lifetime is checked as OpenMLS does: valid strictly between not_before and
+// not_after, so a KeyPackage is refused at exactly either bound.
 func Validate(kp *KeyPackage, at time.Time, p Policy) error {
 	if kp == nil {
 		return &ValidationError{Err: ErrNilKeyPackage}
@@ -63,6 +73,9 @@ func Validate(kp *KeyPackage, at time.Time, p Policy) error {
 	if !p.AllowSuiteNotInCapabilities && !contains(caps.CipherSuites, kp.CipherSuite) {
 		return invalid(ErrSuiteNotInCapabilities, "0x%04x not in %v", uint16(kp.CipherSuite), caps.CipherSuites)
 	}
+	if !contains(caps.Credentials, l.Credential.Type) {
+		return invalid(ErrCredentialNotInCapabilities, "%s not in %s", CapabilityName(KindCredentials, uint16(l.Credential.Type)), names(KindCredentials, u16(caps.Credentials)))
+	}
 	if err := checkExtensions("LeafNode", l.Extensions, caps.Extensions); err != nil {
 		return err
 	}
@@ -82,6 +95,11 @@ func Validate(kp *KeyPackage, at time.Time, p Policy) error {
 	}
 	if !v.verify(signContent("KeyPackageTBS", kpTBS), kp.Signature) {
 		return invalid(ErrKeyPackageSignature, "label KeyPackageTBS")
+	}
+	if l.Credential.Type == CredentialX509 {
+		if err := CheckX509Chain(kp.CipherSuite, l.SignatureKey, l.Credential.Certificates, p.TrustAnchors, at); err != nil {
+			return invalid(ErrX509Credential, "%s", strings.TrimPrefix(err.Error(), "mls: "+ErrX509.Error()+": "))
+		}
 	}
 	return nil
 }
@@ -117,11 +135,11 @@ func checkLifetime(lt Lifetime, at time.Time, p Policy) error {
 		return invalid(ErrLifetimeTooLong, "%d s > %d s", lt.NotAfter-lt.NotBefore, uint64(p.MaxLifetime/time.Second))
 	}
 	sec := at.Unix()
-	if sec < 0 || uint64(sec) < lt.NotBefore {
-		return invalid(ErrLifetime, "not yet valid at %d (not_before %d)", sec, lt.NotBefore)
+	if sec < 0 || uint64(sec) <= lt.NotBefore {
+		return invalid(ErrLifetime, "not yet valid at %d (valid after not_before %d)", sec, lt.NotBefore)
 	}
-	if uint64(sec) > lt.NotAfter {
-		return invalid(ErrLifetime, "expired at %d (not_after %d)", sec, lt.NotAfter)
+	if uint64(sec) >= lt.NotAfter {
+		return invalid(ErrLifetime, "expired at %d (valid before not_after %d)", sec, lt.NotAfter)
 	}
 	return nil
 }

@@ -84,8 +84,15 @@ func TestValidateTampering(t *testing.T) {
 			kp = fresh(GenerateOptions{})
 			expectInvalid(t, "expired", kp, testNow.Add(85*24*time.Hour), pol, ErrLifetime)
 			expectInvalid(t, "not yet valid", kp, testNow.Add(-2*time.Hour), pol, ErrLifetime)
-			if err := Validate(kp, time.Unix(int64(kp.LeafNode.Lifetime.NotAfter), 0), pol); err != nil {
-				t.Errorf("at not_after exactly: %v", err)
+			// OpenMLS's bounds: refused at exactly not_before and not_after, accepted a second inside.
+			nb, na := int64(kp.LeafNode.Lifetime.NotBefore), int64(kp.LeafNode.Lifetime.NotAfter)
+			expectInvalid(t, "at not_before exactly", kp, time.Unix(nb, 0), pol, ErrLifetime)
+			expectInvalid(t, "at not_after exactly", kp, time.Unix(na, 0), pol, ErrLifetime)
+			expectInvalid(t, "at not_after + 0.9s", kp, time.Unix(na, 9e8), pol, ErrLifetime)
+			for _, at := range []time.Time{time.Unix(nb+1, 0), time.Unix(na-1, 0), time.Unix(na-1, 999_999_999)} {
+				if err := Validate(kp, at, pol); err != nil {
+					t.Errorf("at %d (lifetime %d..%d): %v", at.Unix(), nb, na, err)
+				}
 			}
 
 			kp = fresh(GenerateOptions{NotBefore: 1000, NotAfter: 1000 + 85*86400})
@@ -282,28 +289,23 @@ func TestDecodeAnySuite5Ambiguity(t *testing.T) {
 func TestGreaseTolerated(t *testing.T) {
 	for v := uint16(0); v < 0xffff; v++ {
 		want := v&0xff == v>>8 && v&0x0f == 0x0a && v != 0xfafa
-		if isGrease(v) != want {
-			t.Fatalf("isGrease(0x%04x) = %v", v, !want)
+		if IsGrease(v) != want {
+			t.Fatalf("IsGrease(0x%04x) = %v", v, !want)
 		}
 	}
 	kp, _ := generate(t, 1, GenerateOptions{Grease: true, Rand: newSeeded("g")})
 	c := kp.LeafNode.Capabilities
 	for _, l := range [][]uint16{u16s(c.CipherSuites), u16s(c.Extensions), u16s(c.Proposals), u16s(c.Credentials)} {
-		if !isGrease(l[len(l)-1]) {
+		if !IsGrease(l[len(l)-1]) {
 			t.Errorf("no GREASE value at the end of %v", l)
 		}
 	}
 	// A GREASE extension listed in capabilities is accepted.
 	signer := newSigner(t, 1, "signer"+CipherSuite(1).String())
-	kp, _, _ = Generate(1, signer, nil, GenerateOptions{Now: testNow, ExtraCapabilities: Capabilities{Extensions: []ExtensionType{0x3a3a}}})
+	kp, _, _ = Generate(1, signer, nil, GenerateOptions{Now: testNow, Capabilities: Capabilities{Extensions: []ExtensionType{0x3a3a}}})
 	kp.LeafNode.Extensions = []Extension{{Type: 0x3a3a, Data: []byte{0xde, 0xad}}}
 	resign(t, kp, signer)
 	checkRoundTrip(t, MarshalMLSMessage(kp), true, testNow, DefaultPolicy())
-}
-
-// isGrease reports whether v is an RFC 9420 §13.5 GREASE value (0x0A0A, 0x1A1A, ... 0xEAEA).
-func isGrease(v uint16) bool {
-	return v&0x0f0f == 0x0a0a && v>>12 == (v>>4)&0x0f && v>>12 != 0x0f
 }
 
 func u16s[T ~uint16](l []T) []uint16 {
@@ -312,21 +314,6 @@ func u16s[T ~uint16](l []T) []uint16 {
 		out[i] = uint16(v)
 	}
 	return out
-}
-
-func TestX509CredentialCarried(t *testing.T) {
-	signer := newSigner(t, 2, "x509")
-	kp, _, err := Generate(2, signer, nil, GenerateOptions{Now: testNow})
-	if err != nil {
-		t.Fatal(err)
-	}
-	kp.LeafNode.Credential = Credential{Type: CredentialX509, Certificates: [][]byte{[]byte("cert-a"), {}, []byte("cert-c")}}
-	kp.LeafNode.Capabilities.Credentials = []CredentialType{CredentialX509}
-	resign(t, kp, signer)
-	got := checkRoundTrip(t, MarshalMLSMessage(kp), true, testNow, DefaultPolicy())
-	if len(got.LeafNode.Credential.Certificates) != 3 || string(got.LeafNode.Credential.Certificates[2]) != "cert-c" {
-		t.Errorf("certificates %q", got.LeafNode.Credential.Certificates)
-	}
 }
 
 func TestEdDSAKeyNotOnCurve(t *testing.T) {

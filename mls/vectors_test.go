@@ -308,7 +308,7 @@ func TestVectorPassiveClientWelcomeKeys(t *testing.T) {
 			t.Fatalf("entry %d: %v", i, err)
 		}
 		p := Policy{AllowSuiteNotInCapabilities: !contains(kp.LeafNode.Capabilities.CipherSuites, kp.CipherSuite)}
-		at := time.Unix(int64(kp.LeafNode.Lifetime.NotBefore), 0)
+		at := time.Unix(int64(kp.LeafNode.Lifetime.NotBefore)+1, 0) // valid strictly after not_before
 		checkRoundTrip(t, v.KP, true, at, p)
 		signer, err := SignerFromPrivate(v.Suite, v.SigPriv)
 		if err != nil || !bytes.Equal(signer.Public(), kp.LeafNode.SignatureKey) {
