@@ -7,8 +7,8 @@ import (
 	"iter"
 	"strings"
 
-	"github.com/kpool/kpool/fsm"
 	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/fsm"
 	"github.com/kpool/kpool/pool"
 	bolt "go.etcd.io/bbolt"
 )

@@ -20,7 +20,7 @@ type MemStore struct {
 	kps    map[string]KeyPackage
 	index  orderedIndex
 	seen   map[seenKey]seenEntry // (pool, event id) → the input that applied it
-	erased map[string]bool  // stored KeyPackages whose private keys were ordered erased
+	erased map[string]bool       // stored KeyPackages whose private keys were ordered erased
 
 	retention time.Duration
 	journal   []journaled // applied inputs still retained, in seq order (only with a retention)
