@@ -86,20 +86,45 @@ type Register struct {
 	Policy       Policy `json:"policy,omitzero"`
 }
 
-// Policy holds per-pool overrides of the worker's default pool configuration. Zero fields
-// keep the default.
+// Policy holds per-pool overrides of the worker's default pool configuration. A nil field
+// is not given: it keeps the default on creation and the value in force on a later
+// register, so re-registering with only {"target":10} changes the target and nothing else.
+// A field given as 0 is 0 (low_watermark: 0 is a valid choice).
 type Policy struct {
-	Target             int      `json:"target,omitempty"`
-	LowWatermark       int      `json:"low_watermark,omitempty"`
-	HardCap            int      `json:"hard_cap,omitempty"`
-	Lifetime           Duration `json:"lifetime,omitzero"`
-	NotBeforeBackdate  Duration `json:"not_before_backdate,omitzero"`
-	MaxLifetime        Duration `json:"max_lifetime,omitzero"`
-	ExpiryMargin       Duration `json:"expiry_margin,omitzero"`
-	DeleteGrace        Duration `json:"delete_grace,omitzero"`
-	UploadTimeout      Duration `json:"upload_timeout,omitzero"`
-	MaxUploadAttempts  int      `json:"max_upload_attempts,omitempty"`
-	TombstoneRetention Duration `json:"tombstone_retention,omitzero"`
+	Target             *int      `json:"target,omitempty"`
+	LowWatermark       *int      `json:"low_watermark,omitempty"`
+	HardCap            *int      `json:"hard_cap,omitempty"`
+	Lifetime           *Duration `json:"lifetime,omitempty"`
+	NotBeforeBackdate  *Duration `json:"not_before_backdate,omitempty"`
+	MaxLifetime        *Duration `json:"max_lifetime,omitempty"`
+	ExpiryMargin       *Duration `json:"expiry_margin,omitempty"`
+	DeleteGrace        *Duration `json:"delete_grace,omitempty"`
+	UploadTimeout      *Duration `json:"upload_timeout,omitempty"`
+	MaxUploadAttempts  *int      `json:"max_upload_attempts,omitempty"`
+	TombstoneRetention *Duration `json:"tombstone_retention,omitempty"`
+}
+
+// Merge returns p with every field that o gives replaced by o's value.
+func (p Policy) Merge(o Policy) Policy {
+	pick(&p.Target, o.Target)
+	pick(&p.LowWatermark, o.LowWatermark)
+	pick(&p.HardCap, o.HardCap)
+	pick(&p.Lifetime, o.Lifetime)
+	pick(&p.NotBeforeBackdate, o.NotBeforeBackdate)
+	pick(&p.MaxLifetime, o.MaxLifetime)
+	pick(&p.ExpiryMargin, o.ExpiryMargin)
+	pick(&p.DeleteGrace, o.DeleteGrace)
+	pick(&p.UploadTimeout, o.UploadTimeout)
+	pick(&p.MaxUploadAttempts, o.MaxUploadAttempts)
+	pick(&p.TombstoneRetention, o.TombstoneRetention)
+	return p
+}
+
+func pick[T any](dst **T, v *T) {
+	if v != nil {
+		c := *v
+		*dst = &c
+	}
 }
 
 // Duration is a time.Duration that reads and writes JSON as a string such as "90s", "36h"

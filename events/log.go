@@ -138,11 +138,11 @@ func (lr *LogReader) Header() LogHeader { return lr.header }
 // Line is the number of the last line read.
 func (lr *LogReader) Line() int { return lr.line }
 
-// strictRecord is a LogRecord whose event may be absent.
+// strictRecord is a LogRecord whose event is decoded on its own, by Decode.
 type strictRecord struct {
-	Seq     uint64 `json:"seq"`
-	Subject string `json:"subject"`
-	Event   *Event `json:"event"`
+	Seq     uint64          `json:"seq"`
+	Subject string          `json:"subject"`
+	Event   json.RawMessage `json:"event"`
 }
 
 // Next returns the next record, io.EOF at the end, a *LogLineError for a bad line (call
@@ -167,16 +167,10 @@ func (lr *LogReader) parse(b []byte) (LogRecord, error) {
 	if lr.lineLen > MaxLogLine {
 		return bad(0, fmt.Errorf("%w: line of %d bytes, the limit is %d", ErrTooLarge, lr.lineLen, MaxLogLine))
 	}
-	// One strict decode of the whole line: unknown fields are rejected at every level,
-	// as Decode rejects them on NATS.
+	// The record and its event are read as strictly as Decode reads events on NATS.
 	var w strictRecord
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&w); err != nil {
-		return bad(w.Seq, fmt.Errorf("%w: %v", ErrMalformed, err))
-	}
-	if dec.More() {
-		return bad(w.Seq, fmt.Errorf("%w: trailing data after the JSON object", ErrMalformed))
+	if err := UnmarshalStrict(b, &w); err != nil {
+		return bad(w.Seq, err)
 	}
 	if w.Seq == 0 {
 		return bad(0, &FieldError{Field: "seq", Reason: "missing or 0 (sequence numbers start at 1)"})
@@ -187,8 +181,8 @@ func (lr *LogReader) parse(b []byte) (LogRecord, error) {
 	if w.Event == nil {
 		return bad(w.Seq, &FieldError{Field: "event", Reason: "missing"})
 	}
-	e := *w.Event
-	if err := Validate(e); err != nil {
+	e, err := Decode(w.Event)
+	if err != nil {
 		return bad(w.Seq, err)
 	}
 	if err := lr.subj.CheckSubject(w.Subject, e); err != nil {

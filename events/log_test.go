@@ -19,7 +19,7 @@ func testRecords() []LogRecord {
 	s := Subjects{Prefix: DefaultPrefix}
 	return []LogRecord{
 		{Seq: 1, Subject: s.Event("p1", TypePoolRegistered), Event: Event{ID: "r1", Type: TypePoolRegistered, Time: testTime, Pool: "p1",
-			Register: &Register{Identity: "alice", CipherSuite: 1, SignatureKey: []byte{1, 2, 3}, Policy: Policy{Target: 5, Lifetime: Duration(48 * time.Hour)}}}},
+			Register: &Register{Identity: "alice", CipherSuite: 1, SignatureKey: []byte{1, 2, 3}, Policy: Policy{Target: new(5), Lifetime: new(Duration(48 * time.Hour))}}}},
 		{Seq: 2, Subject: s.Event("p1", TypeGenerated), Event: Event{ID: "g1", Type: TypeGenerated, Time: testTime, Pool: "p1",
 			Generated: &Generated{Ref: testRef, KeyPackage: []byte{0, 1, 0, 5}, NotBefore: 10, NotAfter: 20, LastResort: true}}},
 		{Seq: 5, Subject: s.Event("p1", TypeUploadAck), Event: Event{ID: "a1", Type: TypeUploadAck, Time: testTime.Add(time.Second), Pool: "p1", Ref: testRef}},
@@ -84,7 +84,7 @@ func TestLogRoundTripIsByteExact(t *testing.T) {
 	if len(recs) != 4 || recs[2].Seq != 5 || recs[1].Event.Generated.Ref != testRef || !recs[1].Event.Generated.LastResort {
 		t.Fatalf("records: %+v", recs)
 	}
-	if got := time.Duration(recs[0].Event.Register.Policy.Lifetime); got != 48*time.Hour {
+	if got := time.Duration(*recs[0].Event.Register.Policy.Lifetime); got != 48*time.Hour {
 		t.Fatalf("policy lifetime %v", got)
 	}
 	again := writeLog(t, h, recs)

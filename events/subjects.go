@@ -2,6 +2,7 @@ package events
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -46,6 +47,9 @@ func (s Subjects) ParseEvent(subject string) (pool string, t Type, err error) {
 	pool, typ, ok := strings.Cut(rest, ".")
 	if !ok || strings.Contains(typ, ".") {
 		return "", "", fmt.Errorf("%w: %q is not %s.events.<pool>.<type>", ErrSubject, subject, s.Prefix)
+	}
+	if err := ValidPoolID(pool); err != nil {
+		return "", "", &FieldError{Field: "subject", Reason: "the pool token of " + strconv.QuoteToASCII(truncate(subject, 120)) + " is not a pool id: use 1-64 characters from A-Z a-z 0-9 _ -"}
 	}
 	return pool, Type(typ), nil
 }

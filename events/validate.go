@@ -1,15 +1,13 @@
 package events
 
 import (
-	"bytes"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // MaxEventSize bounds an inbound payload; larger messages are rejected unread.
@@ -28,29 +26,68 @@ func ValidPoolID(id string) error {
 	return nil
 }
 
-// Decode parses and validates one inbound event payload. Unknown fields are rejected so
-// typos do not pass silently.
+// Decode parses and validates one inbound event payload strictly (UnmarshalStrict):
+// unknown fields, case variants of known ones, duplicate fields, null values and fields
+// that belong to another event type are refused, so typos do not pass silently.
 func Decode(data []byte) (Event, error) {
 	var e Event
 	if len(data) > MaxEventSize {
 		return e, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(data), MaxEventSize)
 	}
-	// encoding/json turns invalid UTF-8 into U+FFFD, so two different ids could collide.
-	if !utf8.Valid(data) {
-		return e, fmt.Errorf("%w: not valid UTF-8", ErrMalformed)
+	present, err := unmarshalStrict(data, &e)
+	if err != nil {
+		return Event{}, err
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&e); err != nil {
-		return Event{}, fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	if dec.More() {
-		return Event{}, fmt.Errorf("%w: trailing data after the JSON object", ErrMalformed)
+	if err := checkTypeFields(e.Type, present); err != nil {
+		return Event{}, err
 	}
 	if err := Validate(e); err != nil {
 		return Event{}, err
 	}
 	return e, nil
+}
+
+// typeFields lists the fields each type takes beyond id, type, time and pool.
+var typeFields = map[Type][]string{
+	TypeUploadAck:      {"ref"},
+	TypeClaimed:        {"ref"},
+	TypeConsumed:       {"ref"},
+	TypeUploadRejected: {"ref", "reason", "retry"},
+	TypeExpiryTick:     nil,
+	TypeReplenish:      nil,
+	TypeGenerated:      {"generated"},
+	TypePoolRegistered: {"register"},
+}
+
+// checkTypeFields refuses a field of another event type (a "ref" on a tick, say), which
+// would otherwise be decoded, ignored and journaled.
+func checkTypeFields(t Type, present map[string]bool) error {
+	allowed, known := typeFields[t]
+	if !known {
+		return nil // Validate reports the type
+	}
+	for name := range present {
+		switch name {
+		case "id", "type", "time", "pool":
+			continue
+		}
+		if !slices.Contains(allowed, name) {
+			return &FieldError{Field: name, Reason: fmt.Sprintf("not a field of %s events", t)}
+		}
+	}
+	return nil
+}
+
+// setFields names the type-specific fields of e that are not zero.
+func setFields(e Event) map[string]bool {
+	set := map[string]bool{}
+	for name, on := range map[string]bool{"ref": e.Ref != "", "reason": e.Reason != "", "retry": e.Retry,
+		"generated": e.Generated != nil, "register": e.Register != nil} {
+		if on {
+			set[name] = true
+		}
+	}
+	return set
 }
 
 // Validate checks an event's fields for its type.
@@ -63,6 +100,9 @@ func Validate(e Event) error {
 	}
 	if e.Time.IsZero() {
 		return &FieldError{Field: "time", Reason: "missing (RFC 3339 timestamp required)"}
+	}
+	if err := checkTypeFields(e.Type, setFields(e)); err != nil {
+		return err
 	}
 	needRef := false
 	switch e.Type {
@@ -135,13 +175,23 @@ func validRef(ref string) error {
 	return &FieldError{Field: "ref", Reason: fmt.Sprintf("%d bytes; a KeyPackageRef has 32, 48 or 64", len(b))}
 }
 
-// ParseDuration accepts Go durations plus a "d" (24h) unit: "84d", "1d12h", "90m".
+// MaxDuration bounds every duration kpool reads: ten years, far beyond any KeyPackage
+// lifetime or retention, and far below time.Duration's 292-year range, so no sum of two
+// policy durations can overflow.
+const MaxDuration = 3650 * 24 * time.Hour
+
+// ParseDuration accepts Go durations plus a "d" (24h) unit: "84d", "1d12h", "90m", up to
+// MaxDuration ("3650d"). Anything larger is refused, never wrapped around.
 func ParseDuration(s string) (time.Duration, error) {
-	bad := &FieldError{Field: "duration", Reason: fmt.Sprintf("%q is not a duration such as \"84d\", \"36h\" or \"90s\"", truncate(s, 40))}
+	// one message for bad syntax and overflow: time.ParseDuration cannot tell them apart
+	bad := &FieldError{Field: "duration", Reason: fmt.Sprintf("%q is not a duration of at most 3650d, such as \"84d\", \"36h\" or \"90s\"", truncate(s, 40))}
 	var days time.Duration
 	if i := strings.IndexByte(s, 'd'); i >= 0 {
 		n, err := strconv.Atoi(s[:i])
-		if err != nil || n < 0 {
+		if err != nil || n < 0 || s[:i] != strconv.Itoa(n) {
+			return 0, bad
+		}
+		if n > int(MaxDuration/(24*time.Hour)) {
 			return 0, bad
 		}
 		days = time.Duration(n) * 24 * time.Hour
@@ -151,7 +201,7 @@ func ParseDuration(s string) (time.Duration, error) {
 		}
 	}
 	v, err := time.ParseDuration(s)
-	if err != nil || v < 0 {
+	if err != nil || v < 0 || v > MaxDuration-days {
 		return 0, bad
 	}
 	return days + v, nil

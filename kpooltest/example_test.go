@@ -39,7 +39,7 @@ func ExampleNew() {
 	defer uploads.Unsubscribe()
 
 	if _, err := env.Client.RegisterSealed(ctx, "alice", natsbus.RegisterRequest{
-		Identity: "alice@example.org", CipherSuite: 1, Policy: events.Policy{Target: 5, LowWatermark: 2, HardCap: 10},
+		Identity: "alice@example.org", CipherSuite: 1, Policy: events.Policy{Target: new(5), LowWatermark: new(2), HardCap: new(10)},
 	}); err != nil {
 		fmt.Println(err)
 		return

@@ -69,7 +69,7 @@ func TestLiveJournalReplays(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := env.Client.RegisterSealed(ctx, "live", natsbus.RegisterRequest{
-		Identity: "live@example.org", CipherSuite: 1, Policy: events.Policy{Target: 5, LowWatermark: 2, HardCap: 10}}); err != nil {
+		Identity: "live@example.org", CipherSuite: 1, Policy: events.Policy{Target: new(5), LowWatermark: new(2), HardCap: new(10)}}); err != nil {
 		t.Fatal(err)
 	}
 	ackAll := func() {

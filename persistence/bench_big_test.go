@@ -104,7 +104,7 @@ func buildBig(b *testing.B, dir string, n, perPool int) {
 	c := NewCommitterWith(s, (&pool.Core{}).Step, CommitterOptions{MaxBatch: 4096})
 	for p := 0; p*perPool < n; p++ {
 		in := regInput(fmt.Sprintf("reg-%d", p), bigPool(p*perPool, perPool))
-		in.Event.Register.Policy = events.Policy{Target: 100, LowWatermark: 20, HardCap: 2 * perPool, ExpiryMargin: events.Duration(bigMargin)}
+		in.Event.Register.Policy = events.Policy{Target: new(100), LowWatermark: new(20), HardCap: new(2 * perPool), ExpiryMargin: new(events.Duration(bigMargin))}
 		submitOK(b, c, in)
 	}
 	kp := make([]byte, 250) // about the size of an X25519/Ed25519 KeyPackage

@@ -80,7 +80,7 @@ type committed struct {
 func benchRegister(t testing.TB, c *Committer, pools int) {
 	for p := range pools {
 		in := regInput(fmt.Sprintf("reg-%d", p), fmt.Sprintf("bp%d", p))
-		in.Event.Register.Policy = events.Policy{Target: 100, LowWatermark: 20, HardCap: 1_000_000}
+		in.Event.Register.Policy = events.Policy{Target: new(100), LowWatermark: new(20), HardCap: new(1_000_000)}
 		submitOK(t, c, in)
 	}
 }

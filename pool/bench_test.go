@@ -26,7 +26,7 @@ func benchStore(b *testing.B, n int) (*MemStore, []string, []string) {
 		m.Apply(r)
 	}
 	step(events.Event{Type: events.TypePoolRegistered, Pool: "p1", Register: &events.Register{Identity: "alice", CipherSuite: 1, SignatureKey: []byte("k"),
-		Policy: events.Policy{Target: n, LowWatermark: n / 5, HardCap: 2*n + 20}}})
+		Policy: events.Policy{Target: new(n), LowWatermark: new(n / 5), HardCap: new(2*n + 20)}}})
 	var avail, created []string
 	for i := range n + 10 {
 		ref := refOf(fmt.Sprintf("bench-%d", i))

@@ -14,54 +14,74 @@ const (
 	MaxHardCap = 1_000_000
 )
 
-// override returns base with every non-zero field of o applied.
-func (base Config) override(o Config) Config {
-	setInt(&base.Target, o.Target)
-	setInt(&base.LowWatermark, o.LowWatermark)
-	setInt(&base.HardCap, o.HardCap)
-	setDur(&base.Lifetime, o.Lifetime)
-	setDur(&base.NotBeforeBackdate, o.NotBeforeBackdate)
-	setDur(&base.MaxLifetime, o.MaxLifetime)
-	setDur(&base.ExpiryMargin, o.ExpiryMargin)
-	setDur(&base.DeleteGrace, o.DeleteGrace)
-	setDur(&base.UploadTimeout, o.UploadTimeout)
-	setInt(&base.MaxUploadAttempts, o.MaxUploadAttempts)
-	setDur(&base.TombstoneRetention, o.TombstoneRetention)
-	return base
+// WithPolicy returns c with every field the policy gives replaced by its value.
+func (c Config) WithPolicy(p events.Policy) Config {
+	setInt(&c.Target, p.Target)
+	setInt(&c.LowWatermark, p.LowWatermark)
+	setInt(&c.HardCap, p.HardCap)
+	setDur(&c.Lifetime, p.Lifetime)
+	setDur(&c.NotBeforeBackdate, p.NotBeforeBackdate)
+	setDur(&c.MaxLifetime, p.MaxLifetime)
+	setDur(&c.ExpiryMargin, p.ExpiryMargin)
+	setDur(&c.DeleteGrace, p.DeleteGrace)
+	setDur(&c.UploadTimeout, p.UploadTimeout)
+	setInt(&c.MaxUploadAttempts, p.MaxUploadAttempts)
+	setDur(&c.TombstoneRetention, p.TombstoneRetention)
+	return c
 }
 
-// FromPolicy converts a pool's registered overrides to a Config (zero = keep default).
-func FromPolicy(p events.Policy) Config {
-	return Config{
-		Target:             p.Target,
-		LowWatermark:       p.LowWatermark,
-		HardCap:            p.HardCap,
-		Lifetime:           time.Duration(p.Lifetime),
-		NotBeforeBackdate:  time.Duration(p.NotBeforeBackdate),
-		MaxLifetime:        time.Duration(p.MaxLifetime),
-		ExpiryMargin:       time.Duration(p.ExpiryMargin),
-		DeleteGrace:        time.Duration(p.DeleteGrace),
-		UploadTimeout:      time.Duration(p.UploadTimeout),
-		MaxUploadAttempts:  p.MaxUploadAttempts,
-		TombstoneRetention: time.Duration(p.TombstoneRetention),
+// Policy writes every field of c as a policy: the policy in force, all fields given.
+func (c Config) Policy() events.Policy {
+	d := func(v time.Duration) *events.Duration { x := events.Duration(v); return &x }
+	return events.Policy{
+		Target: &c.Target, LowWatermark: &c.LowWatermark, HardCap: &c.HardCap,
+		Lifetime: d(c.Lifetime), NotBeforeBackdate: d(c.NotBeforeBackdate), MaxLifetime: d(c.MaxLifetime),
+		ExpiryMargin: d(c.ExpiryMargin), DeleteGrace: d(c.DeleteGrace), UploadTimeout: d(c.UploadTimeout),
+		MaxUploadAttempts: &c.MaxUploadAttempts, TombstoneRetention: d(c.TombstoneRetention),
 	}
 }
 
-// Effective is the configuration a pool registered with policy gets on this core:
-// DefaultConfig, then the worker's Defaults, then the pool's policy.
+// Changed names the fields (by their JSON names) whose values differ between a and b.
+func Changed(a, b Config) []string {
+	var names []string
+	add := func(name string, differ bool) {
+		if differ {
+			names = append(names, name)
+		}
+	}
+	add("target", a.Target != b.Target)
+	add("low_watermark", a.LowWatermark != b.LowWatermark)
+	add("hard_cap", a.HardCap != b.HardCap)
+	add("lifetime", a.Lifetime != b.Lifetime)
+	add("not_before_backdate", a.NotBeforeBackdate != b.NotBeforeBackdate)
+	add("max_lifetime", a.MaxLifetime != b.MaxLifetime)
+	add("expiry_margin", a.ExpiryMargin != b.ExpiryMargin)
+	add("delete_grace", a.DeleteGrace != b.DeleteGrace)
+	add("upload_timeout", a.UploadTimeout != b.UploadTimeout)
+	add("max_upload_attempts", a.MaxUploadAttempts != b.MaxUploadAttempts)
+	add("tombstone_retention", a.TombstoneRetention != b.TombstoneRetention)
+	return names
+}
+
+// Effective is the configuration a pool registered with policy gets on this core: the
+// worker's Defaults (DefaultConfig when the Core has none), then the pool's policy.
 func (c *Core) Effective(policy events.Policy) Config {
-	return DefaultConfig().override(c.Defaults).override(FromPolicy(policy))
+	base := c.Defaults
+	if base == (Config{}) {
+		base = DefaultConfig()
+	}
+	return base.WithPolicy(policy)
 }
 
-func setInt(dst *int, v int) {
-	if v != 0 {
-		*dst = v
+func setInt(dst *int, v *int) {
+	if v != nil {
+		*dst = *v
 	}
 }
 
-func setDur(dst *time.Duration, v time.Duration) {
-	if v != 0 {
-		*dst = v
+func setDur(dst *time.Duration, v *events.Duration) {
+	if v != nil {
+		*dst = time.Duration(*v)
 	}
 }
 
@@ -101,8 +121,8 @@ func (c Config) Validate() error {
 	if c.MaxUploadAttempts < 1 {
 		add("max_upload_attempts %d must be at least 1", c.MaxUploadAttempts)
 	}
-	if c.TombstoneRetention < 0 {
-		add("tombstone_retention %s must not be negative", human(c.TombstoneRetention))
+	if c.TombstoneRetention <= 0 {
+		add("tombstone_retention %s must be positive (a tombstone recognises late duplicates)", human(c.TombstoneRetention))
 	}
 	if bad == nil {
 		return nil

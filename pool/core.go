@@ -27,8 +27,8 @@ func DefaultConfig() Config {
 	}
 }
 
-// Core applies inputs. It holds only the worker's default configuration (zero fields
-// keep DefaultConfig); all state is read through a View.
+// Core applies inputs. It holds only the worker's default configuration (a complete
+// Config; the zero value means DefaultConfig()); all state is read through a View.
 type Core struct {
 	Defaults Config
 }
@@ -306,13 +306,18 @@ func (t *txn) generated() error {
 func (c *Core) register(t *txn) error {
 	in := t.in
 	reg := in.Register
-	cfg := c.Effective(reg.Policy)
-	if err := cfg.Validate(); err != nil {
-		return reject(in, CodeInvalidConfig, "", err.Error(), err)
-	}
 	p, ok, err := t.pool(in.Pool)
 	if err != nil {
 		return err
+	}
+	// a later register changes only the fields it gives
+	policy := reg.Policy
+	if ok {
+		policy = p.Policy.Merge(reg.Policy)
+	}
+	cfg := c.Effective(policy)
+	if err := cfg.Validate(); err != nil {
+		return reject(in, CodeInvalidConfig, "", err.Error(), err)
 	}
 	if !ok {
 		t.addPool(Pool{ID: in.Pool, Identity: reg.Identity, CipherSuite: reg.CipherSuite,
@@ -335,7 +340,7 @@ func (c *Core) register(t *txn) error {
 	if n := live(p.Counts); cfg.HardCap < n {
 		return reject(in, CodeInvalidConfig, "", fmt.Sprintf("hard_cap %d is below the %d KeyPackages pool %s holds", cfg.HardCap, n, p.ID), nil)
 	}
-	p.Policy, p.Config = reg.Policy, cfg
+	p.Policy, p.Config = policy, cfg
 	// cancel requests that no longer fit; late `generated` inputs for them are refused
 	if live(p.Counts) >= cfg.HardCap {
 		p.LastResortRequested = false

@@ -28,7 +28,7 @@ func mustStep(t *testing.T, h *harness, in events.Event) Ready {
 
 func TestDuplicateChangesNothing(t *testing.T) {
 	h := newHarness(t)
-	in := registerEvent(h, "p1", events.Policy{Target: 2, LowWatermark: 1, HardCap: 4})
+	in := registerEvent(h, "p1", events.Policy{Target: new(2), LowWatermark: new(1), HardCap: new(4)})
 	first := mustStep(t, h, in)
 	before := snapshot(h.store)
 	r, err := h.core.Step(h.store, in)
@@ -43,7 +43,7 @@ func TestDuplicateChangesNothing(t *testing.T) {
 
 func TestInvalidTransitionIsTyped(t *testing.T) {
 	h := newHarness(t)
-	mustStep(t, h, registerEvent(h, "p1", events.Policy{Target: 1, LowWatermark: 1, HardCap: 3}))
+	mustStep(t, h, registerEvent(h, "p1", events.Policy{Target: new(1), LowWatermark: new(1), HardCap: new(3)}))
 	g := h.generated("p1", false, 0)
 	mustStep(t, h, g)
 	before := snapshot(h.store)
@@ -67,12 +67,17 @@ func TestInvalidTransitionIsTyped(t *testing.T) {
 }
 
 func TestConfigPrecedence(t *testing.T) {
-	c := &Core{Defaults: Config{Target: 50, LowWatermark: 10, UploadTimeout: time.Minute}}
-	got := c.Effective(events.Policy{LowWatermark: 5, ExpiryMargin: events.Duration(48 * time.Hour)})
-	want := DefaultConfig()
-	want.Target, want.LowWatermark, want.UploadTimeout, want.ExpiryMargin = 50, 5, time.Minute, 48*time.Hour
+	defaults := DefaultConfig()
+	defaults.Target, defaults.LowWatermark, defaults.UploadTimeout = 50, 10, time.Minute
+	c := &Core{Defaults: defaults}
+	got := c.Effective(events.Policy{LowWatermark: new(0), ExpiryMargin: new(events.Duration(48 * time.Hour))})
+	want := defaults
+	want.LowWatermark, want.ExpiryMargin = 0, 48*time.Hour
 	if got != want {
 		t.Fatalf("Effective = %+v\nwant %+v", got, want)
+	}
+	if got := (&Core{}).Effective(events.Policy{}); got != DefaultConfig() {
+		t.Fatalf("a Core without defaults: Effective = %+v, want DefaultConfig()", got)
 	}
 	if err := DefaultConfig().Validate(); err != nil {
 		t.Fatalf("default config invalid: %v", err)
@@ -87,7 +92,7 @@ func TestConfigPrecedence(t *testing.T) {
 
 func TestClockIsLargestEventTime(t *testing.T) {
 	h := newHarness(t)
-	r := mustStep(t, h, registerEvent(h, "p1", events.Policy{Target: 1, LowWatermark: 1, HardCap: 3}))
+	r := mustStep(t, h, registerEvent(h, "p1", events.Policy{Target: new(1), LowWatermark: new(1), HardCap: new(3)}))
 	if !r.Meta.Time.Equal(start) || r.Seq != 1 || r.Meta.Seq != 1 {
 		t.Fatalf("meta %+v", r.Meta)
 	}
@@ -105,7 +110,7 @@ func TestClockIsLargestEventTime(t *testing.T) {
 
 func TestStatusHasExplicitZeros(t *testing.T) {
 	h := newHarness(t)
-	r := mustStep(t, h, registerEvent(h, "p1", events.Policy{Target: 1, LowWatermark: 1, HardCap: 3}))
+	r := mustStep(t, h, registerEvent(h, "p1", events.Policy{Target: new(1), LowWatermark: new(1), HardCap: new(3)}))
 	var body string
 	for _, o := range r.Outbox {
 		if o.Kind == events.KindStatus {
@@ -130,7 +135,7 @@ func (f failingView) KeyPackage(string) (KeyPackage, bool, error) {
 
 func TestViewErrorsPropagate(t *testing.T) {
 	h := newHarness(t)
-	mustStep(t, h, registerEvent(h, "p1", events.Policy{Target: 1, LowWatermark: 1, HardCap: 3}))
+	mustStep(t, h, registerEvent(h, "p1", events.Policy{Target: new(1), LowWatermark: new(1), HardCap: new(3)}))
 	in := h.event(events.TypeUploadAck, "p1")
 	in.Ref = refOf("x")
 	_, err := h.core.Step(failingView{h.store}, in)
@@ -210,5 +215,43 @@ func TestCheckReadyCatchesViolations(t *testing.T) {
 	r = Ready{Seq: meta.Seq + 1, Meta: Meta{Seq: meta.Seq + 1, Time: meta.Time.Add(-time.Second)}}
 	if err := CheckReady(h.store, r); !errors.Is(err, ErrInvariant) {
 		t.Fatalf("CheckReady(time back) = %v", err)
+	}
+}
+
+// TestRegisterAgainChangesOnlyGivenFields: a later register changes only the policy
+// fields it gives; a field given as 0 is 0, not "the default".
+func TestRegisterAgainChangesOnlyGivenFields(t *testing.T) {
+	h := newHarness(t)
+	mustStep(t, h, registerEvent(h, "p1", events.Policy{Target: new(10), LowWatermark: new(4), HardCap: new(30),
+		DeleteGrace: new(events.Duration(time.Hour))}))
+	first := h.store.pools["p1"].Config
+	if first.Target != 10 || first.LowWatermark != 4 || first.HardCap != 30 || first.DeleteGrace != time.Hour {
+		t.Fatalf("after the first register: %+v", first)
+	}
+	mustStep(t, h, registerEvent(h, "p1", events.Policy{}))
+	if got := h.store.pools["p1"].Config; got != first {
+		t.Fatalf("a register without policy changed the config:\n%+v\nwas\n%+v", got, first)
+	}
+	mustStep(t, h, registerEvent(h, "p1", events.Policy{LowWatermark: new(0)}))
+	got := h.store.pools["p1"].Config
+	want := first
+	want.LowWatermark = 0
+	if got != want {
+		t.Fatalf("low_watermark 0:\n%+v\nwant\n%+v", got, want)
+	}
+	if names := Changed(first, got); len(names) != 1 || names[0] != "low_watermark" {
+		t.Fatalf("Changed = %v, want [low_watermark]", names)
+	}
+	p := h.store.pools["p1"].Policy
+	if p.Target == nil || *p.Target != 10 || p.LowWatermark == nil || *p.LowWatermark != 0 || p.Lifetime != nil {
+		t.Fatalf("stored policy %+v: want the given fields merged, the others absent", p)
+	}
+	// a refused update changes nothing
+	before := snapshot(h.store)
+	if _, err := h.step(registerEvent(h, "p1", events.Policy{HardCap: new(5)})); err == nil {
+		t.Fatal("hard_cap below target accepted")
+	}
+	if snapshot(h.store) != before {
+		t.Fatal("a refused register changed the store")
 	}
 }

@@ -63,11 +63,11 @@ func randomRun(t *testing.T, seed uint64, steps int) ([]events.Event, []string) 
 		in := h.event(events.TypePoolRegistered, pool)
 		target := 1 + rng.IntN(6)
 		in.Register = &events.Register{Identity: "id-" + pool, CipherSuite: 1, SignatureKey: []byte("key-" + pool), Policy: events.Policy{
-			Target: target, LowWatermark: rng.IntN(target + 1), HardCap: target + rng.IntN(4),
-			Lifetime: events.Duration(time.Duration(8+rng.IntN(20)) * 24 * time.Hour), ExpiryMargin: events.Duration(time.Duration(1+rng.IntN(3)) * 24 * time.Hour),
-			DeleteGrace: events.Duration(time.Duration(rng.IntN(3)) * 24 * time.Hour), UploadTimeout: events.Duration(time.Duration(1+rng.IntN(60)) * time.Minute),
-			MaxUploadAttempts: 1 + rng.IntN(3), TombstoneRetention: events.Duration(time.Duration(rng.IntN(5)) * 24 * time.Hour),
-			MaxLifetime: events.Duration(50 * 24 * time.Hour),
+			Target: new(target), LowWatermark: new(rng.IntN(target + 1)), HardCap: new(target + rng.IntN(4)),
+			Lifetime: new(events.Duration(time.Duration(8+rng.IntN(20)) * 24 * time.Hour)), ExpiryMargin: new(events.Duration(time.Duration(1+rng.IntN(3)) * 24 * time.Hour)),
+			DeleteGrace: new(events.Duration(time.Duration(rng.IntN(3)) * 24 * time.Hour)), UploadTimeout: new(events.Duration(time.Duration(1+rng.IntN(60)) * time.Minute)),
+			MaxUploadAttempts: new(1 + rng.IntN(3)), TombstoneRetention: new(events.Duration(time.Duration(1+rng.IntN(5)) * 24 * time.Hour)),
+			MaxLifetime: new(events.Duration(50 * 24 * time.Hour)),
 		}}
 		step(in)
 	}

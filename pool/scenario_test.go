@@ -132,6 +132,21 @@ func (a args) int(k string) int {
 	return n
 }
 
+// optInt is the value of k when given (a policy field that is not given keeps its value).
+func (a args) optInt(k string) *int {
+	if !a.has(k) {
+		return nil
+	}
+	return new(a.int(k))
+}
+
+func (a args) optDur(k string) *events.Duration {
+	if !a.has(k) {
+		return nil
+	}
+	return new(events.Duration(a.dur(k)))
+}
+
 func (a args) dur(k string) time.Duration {
 	if a[k] == "" {
 		return 0
@@ -168,10 +183,10 @@ func (h *harness) run(cmd string) string {
 	case "register":
 		in := ev(events.TypePoolRegistered)
 		in.Register = &events.Register{Identity: a.str("identity", "alice"), CipherSuite: uint16(max(a.int("suite"), 1)), SignatureKey: []byte(a.str("key", "sig-alice")),
-			Policy: events.Policy{Target: a.int("target"), LowWatermark: a.int("low"), HardCap: a.int("cap"), Lifetime: events.Duration(a.dur("lifetime")),
-				NotBeforeBackdate: events.Duration(a.dur("backdate")), MaxLifetime: events.Duration(a.dur("maxlife")), ExpiryMargin: events.Duration(a.dur("margin")),
-				DeleteGrace: events.Duration(a.dur("grace")), UploadTimeout: events.Duration(a.dur("timeout")), MaxUploadAttempts: a.int("attempts"),
-				TombstoneRetention: events.Duration(a.dur("retention"))}}
+			Policy: events.Policy{Target: a.optInt("target"), LowWatermark: a.optInt("low"), HardCap: a.optInt("cap"), Lifetime: a.optDur("lifetime"),
+				NotBeforeBackdate: a.optDur("backdate"), MaxLifetime: a.optDur("maxlife"), ExpiryMargin: a.optDur("margin"),
+				DeleteGrace: a.optDur("grace"), UploadTimeout: a.optDur("timeout"), MaxUploadAttempts: a.optInt("attempts"),
+				TombstoneRetention: a.optDur("retention")}}
 		return do(in)
 	case "generate":
 		// generate n=N [lr] [life=]: feed `generated` inputs; n=all answers every

@@ -120,10 +120,10 @@ func synthLog(tb testing.TB, inputs, pools int) string {
 		ids[i] = fmt.Sprintf("pool-%04d", i)
 		step(events.Event{ID: id(), Type: events.TypePoolRegistered, Time: now, Pool: ids[i], Register: &events.Register{
 			Identity: ids[i], CipherSuite: 1, SignatureKey: []byte{1, 2, 3},
-			Policy: events.Policy{Target: 10, LowWatermark: 3, HardCap: 30,
-				Lifetime: events.Duration(day), MaxLifetime: events.Duration(day + 2*time.Hour),
-				ExpiryMargin: events.Duration(2 * time.Hour), DeleteGrace: events.Duration(2 * time.Hour),
-				TombstoneRetention: events.Duration(6 * time.Hour)}}})
+			Policy: events.Policy{Target: new(10), LowWatermark: new(3), HardCap: new(30),
+				Lifetime: new(events.Duration(day)), MaxLifetime: new(events.Duration(day + 2*time.Hour)),
+				ExpiryMargin: new(events.Duration(2 * time.Hour)), DeleteGrace: new(events.Duration(2 * time.Hour)),
+				TombstoneRetention: new(events.Duration(6 * time.Hour))}}})
 		ackAll(ids[i])
 	}
 	lastTick := now

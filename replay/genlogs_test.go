@@ -43,8 +43,8 @@ func TestGenerateLogs(t *testing.T) {
 // owners take (consume) what they were handed, refills start below the low watermark
 // and are acknowledged, the scheduler ticks.
 func normalDay(r *recorder) {
-	r.register("alice", events.Policy{Target: 6, LowWatermark: 2, HardCap: 12})
-	r.register("bob", events.Policy{Target: 4, LowWatermark: 1, HardCap: 8})
+	r.register("alice", events.Policy{Target: new(6), LowWatermark: new(2), HardCap: new(12)})
+	r.register("bob", events.Policy{Target: new(4), LowWatermark: new(1), HardCap: new(8)})
 	r.advance(2 * time.Second)
 	r.ackAll("alice")
 	r.ackAll("bob")
@@ -77,7 +77,7 @@ func normalDay(r *recorder) {
 // with an alert and a rotation); an upload times out and is retried; then the DS comes
 // back and the pool recovers.
 func exhaustion(r *recorder) {
-	r.register("carol", events.Policy{Target: 3, LowWatermark: 1, HardCap: 6, UploadTimeout: events.Duration(10 * time.Minute)})
+	r.register("carol", events.Policy{Target: new(3), LowWatermark: new(1), HardCap: new(6), UploadTimeout: new(events.Duration(10 * time.Minute))})
 	r.advance(time.Second)
 	r.ackAll("carol")
 	for {
@@ -107,9 +107,9 @@ func exhaustion(r *recorder) {
 // wave expires and withdraws the old ones, and the grace period deletes them.
 func expiryWave(r *recorder) {
 	day := 24 * time.Hour
-	r.register("dave", events.Policy{Target: 4, LowWatermark: 2, HardCap: 12,
-		Lifetime: events.Duration(10 * day), MaxLifetime: events.Duration(11 * day),
-		ExpiryMargin: events.Duration(day), DeleteGrace: events.Duration(day)})
+	r.register("dave", events.Policy{Target: new(4), LowWatermark: new(2), HardCap: new(12),
+		Lifetime: new(events.Duration(10 * day)), MaxLifetime: new(events.Duration(11 * day)),
+		ExpiryMargin: new(events.Duration(day)), DeleteGrace: new(events.Duration(day))})
 	r.advance(time.Second)
 	r.ackAll("dave")
 	for range 7 {
@@ -131,8 +131,8 @@ func expiryWave(r *recorder) {
 // before its ack, an event timed before the core's clock, a take for an unknown ref, an
 // event for an unknown pool, an ack naming another pool's KeyPackage.
 func duplicatesOutOfOrder(r *recorder) {
-	r.register("erin", events.Policy{Target: 3, LowWatermark: 1, HardCap: 6})
-	r.register("frank", events.Policy{Target: 2, LowWatermark: 1, HardCap: 4})
+	r.register("erin", events.Policy{Target: new(3), LowWatermark: new(1), HardCap: new(6)})
+	r.register("frank", events.Policy{Target: new(2), LowWatermark: new(1), HardCap: new(4)})
 	r.advance(time.Second)
 	first := r.created["erin"][0]
 	claimEarly := r.ev(events.TypeClaimed, "erin", first)
@@ -164,7 +164,7 @@ func duplicatesOutOfOrder(r *recorder) {
 
 // A log with bad lines: replay reports each one and goes on with the next line.
 func badLines(r *recorder) {
-	r.register("gina", events.Policy{Target: 2, LowWatermark: 1, HardCap: 4})
+	r.register("gina", events.Policy{Target: new(2), LowWatermark: new(1), HardCap: new(4)})
 	r.raw(`# comments and blank lines are allowed and ignored`)
 	r.raw(``)
 	r.raw(`this is not json`)

@@ -1,8 +1,6 @@
 package worker
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -109,20 +107,14 @@ func (w *Worker) callAPI(ep endpoint, id string, data []byte) (any, error) {
 	return ep.fn(id, data)
 }
 
-// decodeBody reads a request body strictly; an empty body is the zero value.
+// decodeBody reads a request body strictly (natsbus.DecodeRequest); an empty body is the
+// zero value.
 func decodeBody(data []byte, v any) error {
-	if len(bytes.TrimSpace(data)) == 0 {
-		return nil
-	}
-	if len(data) > events.MaxEventSize {
-		return apiErr(natsbus.CodeBadRequest, "request of %d bytes; the limit is %d", len(data), events.MaxEventSize)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	err := natsbus.DecodeRequest(data, v)
+	if errors.Is(err, events.ErrMalformed) || errors.Is(err, events.ErrTooLarge) {
 		return apiErr(natsbus.CodeBadRequest, "request body: %v", err)
 	}
-	return nil
+	return err
 }
 
 func (w *Worker) eventID(given string) string {
@@ -187,7 +179,11 @@ func (w *Worker) apiRegister(id string, data []byte) (any, error) {
 		return nil, apiErr(natsbus.CodeInternal, "pool %s not found after registration", id)
 	}
 	created := !exists && !res.Ready.Duplicate
-	info := natsbus.PoolInfo{Pool: p.ID, Identity: p.Identity, CipherSuite: p.CipherSuite, SignatureKey: p.SignatureKey, Created: created, Policy: p.Policy}
+	info := natsbus.PoolInfo{Pool: p.ID, Identity: p.Identity, CipherSuite: p.CipherSuite, SignatureKey: p.SignatureKey, Created: created,
+		Policy: p.Config.Policy(), Changed: []string{}}
+	if exists {
+		info.Changed = append(info.Changed, pool.Changed(existing.Config, p.Config)...)
+	}
 	if created {
 		info.SealedSignatureKey = sealed
 		w.log.Info("pool registered", "pool", id, "identity", p.Identity, "cipher_suite", p.CipherSuite)

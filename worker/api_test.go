@@ -61,7 +61,7 @@ func TestAPI(t *testing.T) {
 	}{
 		{"bad suite", natsbus.RegisterRequest{Identity: "alice", CipherSuite: 9}, "invalid_field"},
 		{"no identity", natsbus.RegisterRequest{CipherSuite: 1}, "invalid_field"},
-		{"bad policy", natsbus.RegisterRequest{Identity: "alice", CipherSuite: 1, Policy: events.Policy{Target: 50, HardCap: 10}}, pool.CodeInvalidConfig},
+		{"bad policy", natsbus.RegisterRequest{Identity: "alice", CipherSuite: 1, Policy: events.Policy{Target: new(50), HardCap: new(10)}}, pool.CodeInvalidConfig},
 	} {
 		_, err := c.RegisterSealed(ctx(t), "alice", tc.req)
 		if code := apiCode(t, err); code != tc.code {
@@ -78,7 +78,7 @@ func TestAPI(t *testing.T) {
 	}
 	// Re-registering updates the policy; it never hands out the key again.
 	rk, _ := natsbus.NewRecipientKey(1)
-	again, err := c.Register(ctx(t), "alice", natsbus.RegisterRequest{Identity: "alice", CipherSuite: 1, Policy: events.Policy{Target: 12}}, rk)
+	again, err := c.Register(ctx(t), "alice", natsbus.RegisterRequest{Identity: "alice", CipherSuite: 1, Policy: events.Policy{Target: new(12)}}, rk)
 	if err != nil || again.Created || again.SealedSignatureKey != nil || again.SignaturePrivateKey != nil {
 		t.Fatalf("re-register: %+v %v", again, err)
 	}

@@ -26,7 +26,7 @@ func TestRecordStatusMatchesPublished(t *testing.T) {
 	}
 	defer nc.Close()
 	c, _ := natsbus.NewClient(nc)
-	if _, err := c.Register(context.Background(), "alice", natsbus.RegisterRequest{Identity: "alice", CipherSuite: 1, Policy: events.Policy{Target: 5, LowWatermark: 2, HardCap: 10}}, nil); err != nil {
+	if _, err := c.Register(context.Background(), "alice", natsbus.RegisterRequest{Identity: "alice", CipherSuite: 1, Policy: events.Policy{Target: new(5), LowWatermark: new(2), HardCap: new(10)}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)

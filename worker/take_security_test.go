@@ -20,7 +20,7 @@ func TestTakeNeverRevealsOnAReusedID(t *testing.T) {
 	_, c := connect(t, ns.URL())
 	ds := startDS(t, c, false) // nothing is acknowledged: KeyPackages stay created
 
-	policy := events.Policy{Target: 3, LowWatermark: 1, HardCap: 6}
+	policy := events.Policy{Target: new(3), LowWatermark: new(1), HardCap: new(6)}
 	if _, err := c.RegisterSealed(ctx(t), "alice", natsbus.RegisterRequest{ID: "reg-alice", Identity: "alice", CipherSuite: 1, Policy: policy}); err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +134,7 @@ func TestEventIDsArePerPool(t *testing.T) {
 	nc, c := connect(t, ns.URL())
 	ds := startDS(t, c, false)
 	dls := collectDeadLetters(t, c)
-	policy := events.Policy{Target: 2, LowWatermark: 1, HardCap: 4}
+	policy := events.Policy{Target: new(2), LowWatermark: new(1), HardCap: new(4)}
 	for _, p := range []string{"a", "b"} {
 		if _, err := c.RegisterSealed(ctx(t), p, natsbus.RegisterRequest{Identity: p, CipherSuite: 1, Policy: policy}); err != nil {
 			t.Fatal(err)

@@ -104,9 +104,9 @@ func poolRegister(args []string, stdout, stderr io.Writer) int {
 	c, fs, closeFn, err := clientCommand("pool register", args, stderr, func(fs *flag.FlagSet) {
 		fs.StringVar(&identity, "identity", "", "MLS credential identity of the pool (required)")
 		fs.IntVar(&suite, "suite", 1, "RFC 9420 cipher suite 1-7")
-		fs.IntVar(&target, "target", 0, "override the target size")
-		fs.IntVar(&low, "low-watermark", 0, "override the low watermark")
-		fs.IntVar(&hardCap, "hard-cap", 0, "override the hard cap")
+		fs.IntVar(&target, "target", 0, "set the target size (not given: unchanged, or the default for a new pool)")
+		fs.IntVar(&low, "low-watermark", 0, "set the low watermark (0 is allowed)")
+		fs.IntVar(&hardCap, "hard-cap", 0, "set the hard cap")
 		fs.StringVar(&policyFile, "policy", "", "JSON file with policy overrides (as in pool.register)")
 		fs.StringVar(&keyOut, "key-out", "", "write the pool's signature private key here (mode 0600) when the pool is created")
 	})
@@ -124,19 +124,21 @@ func poolRegister(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return cliFail(stderr, "pool register", err)
 		}
-		if err := json.Unmarshal(data, &req.Policy); err != nil {
+		if err := events.UnmarshalStrict(data, &req.Policy); err != nil {
 			return cliFail(stderr, "pool register", fmt.Errorf("--policy %s: %w", policyFile, err))
 		}
 	}
-	if target != 0 {
-		req.Policy.Target = target
-	}
-	if low != 0 {
-		req.Policy.LowWatermark = low
-	}
-	if hardCap != 0 {
-		req.Policy.HardCap = hardCap
-	}
+	// only the flags given change the policy; the others keep what is in force
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "target":
+			req.Policy.Target = new(target)
+		case "low-watermark":
+			req.Policy.LowWatermark = new(low)
+		case "hard-cap":
+			req.Policy.HardCap = new(hardCap)
+		}
+	})
 	var rk *natsbus.RecipientKey
 	if keyOut != "" {
 		if rk, err = natsbus.NewRecipientKey(uint16(suite)); err != nil {

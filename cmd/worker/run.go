@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -101,13 +99,11 @@ func loadPolicy(path string) (pool.Config, error) {
 	if err != nil {
 		return pool.Config{}, fmt.Errorf("--config: %w", err)
 	}
-	dec := json.NewDecoder(strings.NewReader(string(data)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil {
+	if err := events.UnmarshalStrict(data, &p); err != nil {
 		return pool.Config{}, fmt.Errorf("--config %s: %w", path, err)
 	}
-	c := pool.FromPolicy(p)
-	if err := (&pool.Core{Defaults: c}).Effective(events.Policy{}).Validate(); err != nil {
+	c := pool.DefaultConfig().WithPolicy(p)
+	if err := c.Validate(); err != nil {
 		return pool.Config{}, fmt.Errorf("--config %s: %w", path, err)
 	}
 	return c, nil

@@ -69,12 +69,16 @@ type Sealed struct {
 
 // PoolInfo describes a pool.
 type PoolInfo struct {
-	Pool         string        `json:"pool"`
-	Identity     string        `json:"identity"`
-	CipherSuite  uint16        `json:"cipher_suite"`
-	SignatureKey []byte        `json:"signature_key"` // public
-	Created      bool          `json:"created"`       // this call created the pool
-	Policy       events.Policy `json:"policy,omitzero"`
+	Pool         string `json:"pool"`
+	Identity     string `json:"identity"`
+	CipherSuite  uint16 `json:"cipher_suite"`
+	SignatureKey []byte `json:"signature_key"` // public
+	Created      bool   `json:"created"`       // this call created the pool
+	// Policy is the policy in force after the call, every field given.
+	Policy events.Policy `json:"policy,omitzero"`
+	// Changed names the policy fields this call changed (empty when it created the pool or
+	// changed nothing).
+	Changed []string `json:"changed"`
 	// SealedSignatureKey is the pool's private signature key sealed to the request's
 	// recipient_key; only in the response of the call that created the pool.
 	SealedSignatureKey *Sealed        `json:"sealed_signature_key,omitempty"`
