@@ -35,6 +35,7 @@ race:
 fuzz:
 	$(GO) test ./mls -run '^$$' -fuzz '^FuzzDecodeKeyPackage$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./mls -run '^$$' -fuzz '^FuzzDecodeMLSMessage$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./mls -run '^$$' -fuzz '^FuzzPQKeys$$' -fuzztime $(FUZZTIME)
 
 fuzz-short:
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s

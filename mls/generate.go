@@ -180,7 +180,7 @@ func Generate(suite CipherSuite, signer Signer, identity []byte, opts GenerateOp
 	}
 
 	// One encoding pass: sign the LeafNodeTBS, append its signature, sign the KeyPackageTBS.
-	b := make([]byte, 0, kp.sizeHint()+2*maxSigLen)
+	b := make([]byte, 0, kp.sizeHint()+2*maxSigSize(p))
 	b = appendU16(b, kp.Version)
 	b = appendU16(b, uint16(suite))
 	b = appendOpaque(b, initPub)
@@ -197,8 +197,6 @@ func Generate(suite CipherSuite, signer Signer, identity []byte, opts GenerateOp
 	return kp, &PrivateBundle{InitPriv: initPriv, EncryptionPriv: encPriv}, nil
 }
 
-const maxSigLen = 139 // DER P-521 signature upper bound
-
 func checkSigner(p *suiteParams, s Signer) error {
 	switch s := s.(type) {
 	case nil:
@@ -213,6 +211,10 @@ func checkSigner(p *suiteParams, s Signer) error {
 		}
 	case *ecdsaSigner:
 		if s.p.sig == p.sig {
+			return nil
+		}
+	case *mldsaSigner:
+		if p.sig == sigMLDSA87 {
 			return nil
 		}
 	default:

@@ -10,13 +10,16 @@ import (
 	circlhpke "github.com/cloudflare/circl/hpke"
 )
 
-// HPKE for the seven suites: crypto/hpke for X25519 and the NIST curves, circl for X448
-// (crypto/hpke has no DHKEM(X448)).
+// HPKE for the RFC 9420 suites: crypto/hpke for X25519 and the NIST curves, circl for X448
+// (crypto/hpke has no DHKEM(X448)). The post-quantum KEMs are in pq.go.
 
 // newHPKEKey makes an HPKE key pair from bytes read from rand, so a seeded reader gives the
 // same keys. priv is RFC 9180 SerializePrivateKey (X25519/X448 clamped), pub
 // SerializePublicKey.
 func newHPKEKey(p *suiteParams, rand io.Reader) (priv, pub []byte, err error) {
+	if p.kem.pq() {
+		return newPQKey(p, rand)
+	}
 	priv = make([]byte, p.privLen)
 	switch p.kem {
 	case kemX448:
@@ -60,6 +63,9 @@ func hpkePublicFromPrivate(p *suiteParams, priv []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if p.kem.pq() {
+		return pqPublicFromSeed(p, priv)
+	}
 	if p.kem == kemX448 {
 		var sk, pk x448.Key
 		copy(sk[:], priv)
@@ -82,10 +88,23 @@ func checkHPKEPublic(p *suiteParams, pub []byte) error {
 	case kemX25519, kemX448:
 		return nil // every u-coordinate of the right length is accepted (RFC 7748)
 	}
+	if p.kem.pq() {
+		return checkPQPublic(p, pub)
+	}
 	if _, err := p.ecdh.NewPublicKey(pub); err != nil {
 		return fmt.Errorf("not an uncompressed point on the curve")
 	}
 	return nil
+}
+
+// NewHPKEKey makes an HPKE key pair for the suite's KEM from rand (nil: crypto/rand), e.g.
+// a recipient key for a sealed take. Encodings as in a PrivateBundle.
+func NewHPKEKey(suite CipherSuite, rand io.Reader) (priv, pub []byte, err error) {
+	p, err := params(suite)
+	if err != nil {
+		return nil, nil, err
+	}
+	return newHPKEKey(p, orDefault(rand))
 }
 
 // PublicFromPrivate returns the HPKE public key of a serialized HPKE private key, e.g. to
@@ -99,8 +118,8 @@ func PublicFromPrivate(suite CipherSuite, priv []byte) ([]byte, error) {
 }
 
 // SealTo encrypts plaintext to an HPKE public key of the suite in base mode with empty aad.
-// rand is used by the X448 suites only; crypto/hpke draws its ephemeral key from the
-// system's secure source.
+// rand is used by the X448 and ML-KEM-512 suites only; crypto/hpke draws its ephemeral
+// key from the system's secure source.
 func SealTo(suite CipherSuite, recipientPub, info, plaintext []byte, rand io.Reader) (enc, ct []byte, err error) {
 	p, err := params(suite)
 	if err != nil {
@@ -108,6 +127,9 @@ func SealTo(suite CipherSuite, recipientPub, info, plaintext []byte, rand io.Rea
 	}
 	if err := checkHPKEPublic(p, recipientPub); err != nil {
 		return nil, nil, fmt.Errorf("mls: HPKE recipient key: %s", err)
+	}
+	if p.kem == kemMLKEM512 {
+		return sealMLKEM512(p, recipientPub, info, nil, plaintext, rand)
 	}
 	if p.kem == kemX448 {
 		s := circlSuite(p)
@@ -126,7 +148,7 @@ func SealTo(suite CipherSuite, recipientPub, info, plaintext []byte, rand io.Rea
 		ct, err := sealer.Seal(plaintext, nil)
 		return enc, ct, err
 	}
-	pk, err := hpke.DHKEM(p.ecdh).NewPublicKey(recipientPub)
+	pk, err := stdKEM(p).NewPublicKey(recipientPub)
 	if err != nil {
 		return nil, nil, fmt.Errorf("mls: HPKE recipient key: %v", err)
 	}
@@ -149,6 +171,9 @@ func Open(suite CipherSuite, priv, enc, info, ct []byte) ([]byte, error) {
 	if priv, err = normalizeHPKEPriv(p, priv); err != nil {
 		return nil, err
 	}
+	if p.kem == kemMLKEM512 {
+		return openMLKEM512(p, priv, enc, info, nil, ct)
+	}
 	if p.kem == kemX448 {
 		sk, err := circlhpke.KEM_X448_HKDF_SHA512.Scheme().UnmarshalBinaryPrivateKey(priv)
 		if err != nil {
@@ -168,7 +193,7 @@ func Open(suite CipherSuite, priv, enc, info, ct []byte) ([]byte, error) {
 		}
 		return pt, nil
 	}
-	sk, err := hpke.DHKEM(p.ecdh).NewPrivateKey(priv)
+	sk, err := stdKEM(p).NewPrivateKey(priv)
 	if err != nil {
 		return nil, fmt.Errorf("mls: %w", ErrInvalidPrivateKey)
 	}

@@ -10,6 +10,7 @@ import (
 	"io"
 
 	"github.com/cloudflare/circl/sign/ed448"
+	"github.com/cloudflare/circl/sign/mldsa/mldsa87"
 )
 
 // Signer signs MLS SignContent bytes with a suite's signature scheme. Public returns the
@@ -44,6 +45,8 @@ func NewSignatureKey(suite CipherSuite, rand io.Reader) (priv, pub []byte, err e
 		}
 		k := ed448.NewKeyFromSeed(seed)
 		return seed, []byte(k.Public().(ed448.PublicKey)), nil
+	case sigMLDSA87:
+		return newMLDSAKey(rand)
 	default:
 		k, scalar, err := randomECDSA(p, rand)
 		if err != nil {
@@ -105,6 +108,8 @@ func SignerFromPrivate(suite CipherSuite, priv []byte) (Signer, error) {
 	case sigEd448:
 		k := ed448.NewKeyFromSeed(priv)
 		return &ed448Signer{k: k, pub: []byte(k.Public().(ed448.PublicKey))}, nil
+	case sigMLDSA87:
+		return newMLDSASigner(priv), nil
 	default:
 		k, err := ecdsa.ParseRawPrivateKey(p.ecdsa, priv)
 		if err != nil {
@@ -164,6 +169,7 @@ type verifier struct {
 	p     *suiteParams
 	raw   []byte
 	ecdsa *ecdsa.PublicKey
+	mldsa *mldsa87.PublicKey
 }
 
 // parseSignatureKey checks the key's size and, for ECDSA, that it is a point on the curve;
@@ -179,6 +185,12 @@ func parseSignatureKey(p *suiteParams, pub []byte) (verifier, error) {
 		if len(pub) != ed448.PublicKeySize {
 			return v, fmt.Errorf("Ed448 key of %d bytes", len(pub))
 		}
+	case sigMLDSA87:
+		k, err := parseMLDSAPublic(pub)
+		if err != nil {
+			return v, err
+		}
+		v.mldsa = k
 	default:
 		k, err := parseECDSAPublic(p.ecdsa, pub)
 		if err != nil {
@@ -221,6 +233,8 @@ func (v verifier) verify(msg, sig []byte) bool {
 		return ed25519.Verify(v.raw, msg, sig)
 	case sigEd448:
 		return ed448.Verify(v.raw, msg, sig, "")
+	case sigMLDSA87:
+		return verifyMLDSA(v.mldsa, msg, sig)
 	default:
 		h := v.p.newHash()
 		h.Write(msg)

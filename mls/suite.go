@@ -24,8 +24,28 @@ const (
 	MLS256DHKEMP384AES256GCMSHA384P384             CipherSuite = 0x0007
 )
 
-// AllSuites lists every supported suite in order.
-var AllSuites = []CipherSuite{1, 2, 3, 4, 5, 6, 7}
+// The twelve post-quantum suites, numbered as ts-mls 1.x numbers them (docs/mls.md says
+// which drafts they follow).
+const (
+	MLS128MLKEM512AES128GCMSHA256Ed25519         CipherSuite = 77
+	MLS128MLKEM512ChaCha20Poly1305SHA256Ed25519  CipherSuite = 78
+	MLS256MLKEM768AES256GCMSHA384Ed25519         CipherSuite = 79
+	MLS256MLKEM768ChaCha20Poly1305SHA384Ed25519  CipherSuite = 80
+	MLS256MLKEM1024AES256GCMSHA512Ed25519        CipherSuite = 81
+	MLS256MLKEM1024ChaCha20Poly1305SHA512Ed25519 CipherSuite = 82
+	MLS256XWingAES256GCMSHA512Ed25519            CipherSuite = 83
+	MLS256XWingChaCha20Poly1305SHA512Ed25519     CipherSuite = 84
+	MLS256MLKEM1024AES256GCMSHA512MLDSA87        CipherSuite = 85
+	MLS256MLKEM1024ChaCha20Poly1305SHA512MLDSA87 CipherSuite = 86
+	MLS256XWingAES256GCMSHA512MLDSA87            CipherSuite = 87
+	MLS256XWingChaCha20Poly1305SHA512MLDSA87     CipherSuite = 88
+)
+
+// AllSuites lists every supported suite in order: the seven of RFC 9420, then PQSuites.
+var AllSuites = append([]CipherSuite{1, 2, 3, 4, 5, 6, 7}, PQSuites...)
+
+// PQSuites lists the post-quantum suites 77–88.
+var PQSuites = []CipherSuite{77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88}
 
 type kemKind uint8
 
@@ -35,6 +55,10 @@ const (
 	kemP384
 	kemP521
 	kemX448
+	kemMLKEM512
+	kemMLKEM768
+	kemMLKEM1024
+	kemXWing // ML-KEM-768 + X25519
 )
 
 type sigKind uint8
@@ -45,6 +69,7 @@ const (
 	sigP256
 	sigP384
 	sigP521
+	sigMLDSA87
 )
 
 // suiteParams are the algorithms of one suite (RFC 9420 §17.1, RFC 9180 §7 ids).
@@ -61,12 +86,12 @@ type suiteParams struct {
 	sigPub   int // signature public key length (uncompressed for ECDSA)
 	sigPriv  int // signature private key length
 	newHash  func() hash.Hash
-	ecdh     ecdh.Curve     // nil for X448
+	ecdh     ecdh.Curve     // nil for X448 and the PQ KEMs
 	ecdsa    elliptic.Curve // nil for EdDSA
 	hashSize int
 }
 
-var suites = [8]*suiteParams{
+var suites = [89]*suiteParams{
 	1: {name: "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519", kem: kemX25519, kemID: 0x20, kdfID: 1, aeadID: 1,
 		hash: crypto.SHA256, sig: sigEd25519, pubLen: 32, privLen: 32, sigPub: 32, sigPriv: 32, newHash: sha256.New, ecdh: ecdh.X25519(), hashSize: 32},
 	2: {name: "MLS_128_DHKEMP256_AES128GCM_SHA256_P256", kem: kemP256, kemID: 0x10, kdfID: 1, aeadID: 1,
@@ -81,10 +106,26 @@ var suites = [8]*suiteParams{
 		hash: crypto.SHA512, sig: sigEd448, pubLen: 56, privLen: 56, sigPub: 57, sigPriv: 57, newHash: sha512.New, hashSize: 64},
 	7: {name: "MLS_256_DHKEMP384_AES256GCM_SHA384_P384", kem: kemP384, kemID: 0x11, kdfID: 2, aeadID: 2,
 		hash: crypto.SHA384, sig: sigP384, pubLen: 97, privLen: 48, sigPub: 97, sigPriv: 48, newHash: sha512.New384, ecdh: ecdh.P384(), ecdsa: elliptic.P384(), hashSize: 48},
+
+	// Post-quantum suites as ts-mls 1.x defines them: HPKE KDF is HKDF-SHA512 (3) for all of
+	// them and the HPKE AEAD is AES-256-GCM (2) or ChaCha20-Poly1305 (3) — also for 77, whose
+	// name says AES128GCM. KEM ids are draft-ietf-hpke-pq's. Private keys are seeds.
+	77: pqSuite("MLS_128_MLKEM512_AES128GCM_SHA256_Ed25519", kemMLKEM512, 2, crypto.SHA256, sigEd25519),
+	78: pqSuite("MLS_128_MLKEM512_CHACHA20POLY1305_SHA256_Ed25519", kemMLKEM512, 3, crypto.SHA256, sigEd25519),
+	79: pqSuite("MLS_256_MLKEM768_AES256GCM_SHA384_Ed25519", kemMLKEM768, 2, crypto.SHA384, sigEd25519),
+	80: pqSuite("MLS_256_MLKEM768_CHACHA20POLY1305_SHA384_Ed25519", kemMLKEM768, 3, crypto.SHA384, sigEd25519),
+	81: pqSuite("MLS_256_MLKEM1024_AES256GCM_SHA512_Ed25519", kemMLKEM1024, 2, crypto.SHA512, sigEd25519),
+	82: pqSuite("MLS_256_MLKEM1024_CHACHA20POLY1305_SHA512_Ed25519", kemMLKEM1024, 3, crypto.SHA512, sigEd25519),
+	83: pqSuite("MLS_256_XWING_AES256GCM_SHA512_Ed25519", kemXWing, 2, crypto.SHA512, sigEd25519),
+	84: pqSuite("MLS_256_XWING_CHACHA20POLY1305_SHA512_Ed25519", kemXWing, 3, crypto.SHA512, sigEd25519),
+	85: pqSuite("MLS_256_MLKEM1024_AES256GCM_SHA512_MLDSA87", kemMLKEM1024, 2, crypto.SHA512, sigMLDSA87),
+	86: pqSuite("MLS_256_MLKEM1024_CHACHA20POLY1305_SHA512_MLDSA87", kemMLKEM1024, 3, crypto.SHA512, sigMLDSA87),
+	87: pqSuite("MLS_256_XWING_AES256GCM_SHA512_MLDSA87", kemXWing, 2, crypto.SHA512, sigMLDSA87),
+	88: pqSuite("MLS_256_XWING_CHACHA20POLY1305_SHA512_MLDSA87", kemXWing, 3, crypto.SHA512, sigMLDSA87),
 }
 
-// Valid reports whether s is one of the seven RFC 9420 suites.
-func (s CipherSuite) Valid() bool { return s >= 1 && s <= 7 }
+// Valid reports whether s is one of the supported suites (AllSuites).
+func (s CipherSuite) Valid() bool { return int(s) < len(suites) && suites[s] != nil }
 
 func (s CipherSuite) String() string {
 	if s.Valid() {

@@ -2,8 +2,6 @@ package natsbus
 
 import (
 	"context"
-	"crypto/ecdh"
-	"crypto/rand"
 	"fmt"
 
 	"github.com/kpool/kpool/mls"
@@ -19,34 +17,7 @@ type RecipientKey struct {
 
 // NewRecipientKey makes a fresh HPKE key pair for the suite's KEM.
 func NewRecipientKey(suite uint16) (*RecipientKey, error) {
-	kem, _, _, err := mls.HPKESuite(mls.CipherSuite(suite))
-	if err != nil {
-		return nil, err
-	}
-	var priv []byte
-	switch kem {
-	case 0x20, 0x21: // DHKEM(X25519), DHKEM(X448): any clamped string of the right size
-		priv = make([]byte, map[uint16]int{0x20: 32, 0x21: 56}[kem])
-		_, _ = rand.Read(priv)
-		if kem == 0x20 {
-			priv[0] &= 248
-			priv[31] = priv[31]&127 | 64
-		} else {
-			priv[0] &= 252
-			priv[55] |= 128
-		}
-	default:
-		curve := map[uint16]ecdh.Curve{0x10: ecdh.P256(), 0x11: ecdh.P384(), 0x12: ecdh.P521()}[kem]
-		if curve == nil {
-			return nil, fmt.Errorf("natsbus: KEM 0x%04x is not supported", kem)
-		}
-		k, err := curve.GenerateKey(rand.Reader)
-		if err != nil {
-			return nil, err
-		}
-		priv = k.Bytes()
-	}
-	pub, err := mls.PublicFromPrivate(mls.CipherSuite(suite), priv)
+	priv, pub, err := mls.NewHPKEKey(mls.CipherSuite(suite), nil)
 	if err != nil {
 		return nil, err
 	}
