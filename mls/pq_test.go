@@ -13,6 +13,8 @@ import (
 	"hash"
 	"strings"
 	"testing"
+
+	"github.com/kpool/kpool/internal/testcert"
 )
 
 // pqSizes are the sizes docs/mls.md promises per PQ suite: HPKE public key, HPKE private
@@ -407,4 +409,21 @@ func TestMLDSASigner(t *testing.T) {
 	if _, _, err := Generate(81, s, []byte("a"), GenerateOptions{}); !errors.Is(err, ErrSignerMismatch) {
 		t.Errorf("ML-DSA signer for suite 81: %v", err)
 	}
+}
+
+// x509 credentials need certificates for ML-DSA-87 keys, which crypto/x509 cannot parse or
+// make: suites 85–88 refuse them with a reason, in Generate and in Validate.
+func TestX509RefusedForMLDSA(t *testing.T) {
+	signer := newSigner(t, 85, "x509")
+	chain := certFor(t, 81, newSigner(t, 81, "x509").Public(), testcert.Options{}) // any well-formed chain
+	opts := GenerateOptions{Now: testNow, Credential: &Credential{Type: CredentialX509, Certificates: chain.DER},
+		Capabilities: Capabilities{Credentials: []CredentialType{CredentialBasic, CredentialX509}}}
+	_, _, err := Generate(85, signer, nil, opts)
+	if !errors.Is(err, ErrX509) || !strings.Contains(err.Error(), "not supported for ML-DSA-87") {
+		t.Fatalf("Generate: %v", err)
+	}
+	kp, _ := generate(t, 85, GenerateOptions{Capabilities: opts.Capabilities})
+	kp.LeafNode.Credential = *opts.Credential
+	resign(t, kp, newSigner(t, 85, fmt.Sprint("signer", CipherSuite(85))))
+	expectInvalid(t, "x509 credential on suite 85", kp, testNow, DefaultPolicy(), ErrX509Credential)
 }

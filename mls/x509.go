@@ -26,7 +26,7 @@ const (
 var oidEd448 = asn1.ObjectIdentifier{1, 3, 101, 113}
 
 // SignaturePublicKey returns a raw MLS signature key of suite as a crypto.PublicKey
-// (ed25519.PublicKey, *ecdsa.PublicKey or circl's ed448.PublicKey): the key a
+// (ed25519.PublicKey, *ecdsa.PublicKey, circl's ed448.PublicKey or mldsa87.PublicKey): the key a
 // certificate authority certifies for an x509 credential.
 func SignaturePublicKey(suite CipherSuite, raw []byte) (crypto.PublicKey, error) {
 	p, err := params(suite)
@@ -42,6 +42,8 @@ func SignaturePublicKey(suite CipherSuite, raw []byte) (crypto.PublicKey, error)
 		return ed25519.PublicKey(bytes.Clone(raw)), nil
 	case sigEd448:
 		return ed448.PublicKey(bytes.Clone(raw)), nil
+	case sigMLDSA87:
+		return v.mldsa, nil
 	}
 	return v.ecdsa, nil
 }
@@ -92,6 +94,9 @@ func CheckX509Chain(suite CipherSuite, signatureKey []byte, chain [][]byte, anch
 	}
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("mls: %w: %s", ErrX509, fmt.Sprintf(format, a...))
+	}
+	if p.sig == sigMLDSA87 {
+		return bad("x509 credentials are not supported for ML-DSA-87 signature keys (suites 85–88)")
 	}
 	size := 0
 	for _, c := range chain {
