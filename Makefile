@@ -12,9 +12,13 @@ build:
 	$(GO) build ./...
 	$(GO) build -o bin/worker ./cmd/worker
 
-# run the worker on its embedded defaults (NATS on 127.0.0.1:4222, data under ./data)
+# run the worker on its embedded defaults (NATS on 127.0.0.1:4222, data under ./data).
+# The shell execs the binary (not `go run`, which swallows a SIGINT sent to its own pid
+# and exits 1 whatever the worker did), so the worker gets the signals and its exit
+# status is make's.
 run:
-	$(GO) run ./cmd/worker run
+	$(GO) build -o bin/worker ./cmd/worker
+	exec ./bin/worker run $(ARGS)
 
 test: fmt-check vet race fuzz-short
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -10,32 +9,27 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/persistence"
 	"github.com/kpool/kpool/pool"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // `worker db inspect|check|compact`: offline tools on the bbolt file. They open it
 // read-only, so they fail with "database in use by another worker" while one runs.
 
-func init() {
-	register(command{name: "db inspect", summary: "print pools, counts and records of the database (never private keys)", run: runDBInspect})
-	register(command{name: "db check", summary: "run bbolt's consistency check and the pool invariants", run: runDBCheck})
-	register(command{name: "db compact", summary: "write a compacted copy of the database (drops freed pages)", run: runDBCompact})
+func dbCmd() *cobra.Command {
+	return group("db", "offline tools on the database (stop the worker first)",
+		dbInspectCmd(), dbCheckCmd(), dbCompactCmd())
 }
-
-// Exit statuses of the db commands.
-const (
-	dbOK       = 0
-	dbProblems = 1 // check found inconsistencies
-	dbFailed   = 2 // usage, open or read error
-)
 
 type dbFlags struct {
 	data, keyFile string
 	timeout       time.Duration
 }
 
-func (d *dbFlags) register(fs *flag.FlagSet) {
+func (d *dbFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&d.data, "data", envOr("KPOOL_DATA", "./data"), "data directory holding kpool.db [KPOOL_DATA]")
 	fs.StringVar(&d.keyFile, "key-file", envOr("KPOOL_KEY_FILE", ""), "master key file (default <data>/kpool.key when present) [KPOOL_KEY_FILE]")
 	fs.DurationVar(&d.timeout, "timeout", time.Second, "how long to wait for the lock of a running worker")
@@ -62,53 +56,37 @@ func (d *dbFlags) open(withKey bool) (*persistence.Store, error) {
 	return persistence.Open(d.path(), opts)
 }
 
-func dbParse(name string, args []string, stderr io.Writer, d *dbFlags, extra func(*flag.FlagSet)) bool {
-	fs := flag.NewFlagSet("worker "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	d.register(fs)
-	if extra != nil {
-		extra(fs)
-	}
-	if err := fs.Parse(args); err != nil {
-		return false
-	}
-	if fs.NArg() != 0 {
-		fmt.Fprintf(stderr, "worker %s: unexpected argument %q\n", name, fs.Arg(0))
-		return false
-	}
-	return true
-}
-
-func runDBInspect(args []string, stdout, stderr io.Writer) int {
+func dbInspectCmd() *cobra.Command {
 	var d dbFlags
 	var poolID, ref string
 	var asJSON bool
-	if !dbParse("db inspect", args, stderr, &d, func(fs *flag.FlagSet) {
-		fs.StringVar(&poolID, "pool", "", "show pool `P` and its KeyPackages")
-		fs.StringVar(&ref, "ref", "", "show the KeyPackage record `R` (public data only)")
-		fs.BoolVar(&asJSON, "json", false, "print records as JSON")
-	}) {
-		return dbFailed
+	cmd := &cobra.Command{
+		Use:   "inspect [--pool P | --ref R] [--json]",
+		Short: "print pools, counts and records of the database (never private keys)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := d.open(false)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			w := cmd.OutOrStdout()
+			switch {
+			case ref != "":
+				return inspectRef(s, ref, asJSON, w)
+			case poolID != "":
+				return inspectPool(s, poolID, asJSON, w)
+			default:
+				return inspectAll(s, asJSON, w)
+			}
+		},
 	}
-	s, err := d.open(false)
-	if err != nil {
-		fmt.Fprintln(stderr, "db inspect:", err)
-		return dbFailed
-	}
-	defer s.Close()
-	switch {
-	case ref != "":
-		err = inspectRef(s, ref, asJSON, stdout)
-	case poolID != "":
-		err = inspectPool(s, poolID, asJSON, stdout)
-	default:
-		err = inspectAll(s, asJSON, stdout)
-	}
-	if err != nil {
-		fmt.Fprintln(stderr, "db inspect:", err)
-		return dbFailed
-	}
-	return dbOK
+	d.register(cmd.Flags())
+	fs := cmd.Flags()
+	fs.StringVar(&poolID, "pool", "", "show pool `P` and its KeyPackages")
+	fs.StringVar(&ref, "ref", "", "show the KeyPackage record `R` (public data only)")
+	fs.BoolVar(&asJSON, "json", false, "print records as JSON")
+	return cmd
 }
 
 func dbJSON(w io.Writer, v any) error {
@@ -117,8 +95,55 @@ func dbJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func inspectAll(s *persistence.Store, asJSON bool, w io.Writer) error {
+// dbStats is persistence.Stats as the db tools show it: snake_case keys like every other
+// JSON kpool writes, and the file's size on disk next to the bytes bbolt uses in it.
+type dbStats struct {
+	Path         string    `json:"path"`
+	FileSize     int64     `json:"file_size"` // on disk, as ls and `db compact` show it
+	DataSize     int64     `json:"data_size"` // pages bbolt uses; the rest is preallocated
+	PageSize     int       `json:"page_size"`
+	FreePages    int       `json:"free_pages"`
+	Schema       uint32    `json:"schema"`
+	Sealed       bool      `json:"sealed"`
+	AppliedSeq   uint64    `json:"applied_seq"`
+	CoreTime     time.Time `json:"core_time"`
+	Journal      int       `json:"journal"`
+	JournalFirst uint64    `json:"journal_first"`
+	JournalLast  uint64    `json:"journal_last"`
+	Outbox       int       `json:"outbox"`
+	Pools        int       `json:"pools"`
+	KeyPackages  int       `json:"keypackages"`
+	Secrets      int       `json:"secrets"`
+	Index        int       `json:"expiry_entries"`
+	Seen         int       `json:"dedup_ids"`
+}
+
+func statsOf(s *persistence.Store) (dbStats, error) {
 	st, err := s.Stats()
+	if err != nil {
+		return dbStats{}, err
+	}
+	fi, err := os.Stat(st.Path)
+	if err != nil {
+		return dbStats{}, err
+	}
+	return dbStats{Path: st.Path, FileSize: fi.Size(), DataSize: st.FileSize, PageSize: st.PageSize,
+		FreePages: st.FreePages, Schema: st.Schema, Sealed: st.Sealed, AppliedSeq: st.Meta.Seq,
+		CoreTime: st.Meta.Time, Journal: st.Journal, JournalFirst: st.JournalFirst, JournalLast: st.JournalLast,
+		Outbox: st.Outbox, Pools: st.Pools, KeyPackages: st.KeyPackages, Secrets: st.Secrets, Index: st.Index, Seen: st.Seen}, nil
+}
+
+// poolView is a pool record with its effective configuration written as durations
+// ("2016h0m0s"), not as the nanoseconds the record stores.
+type poolView struct {
+	pool.Pool
+	Config events.Policy `json:"config"`
+}
+
+func viewOf(p pool.Pool) poolView { return poolView{Pool: p, Config: p.Config.Policy()} }
+
+func inspectAll(s *persistence.Store, asJSON bool, w io.Writer) error {
+	st, err := statsOf(s)
 	if err != nil {
 		return err
 	}
@@ -127,14 +152,18 @@ func inspectAll(s *persistence.Store, asJSON bool, w io.Writer) error {
 		return err
 	}
 	if asJSON {
+		views := make([]poolView, len(pools))
+		for i, p := range pools {
+			views[i] = viewOf(p)
+		}
 		return dbJSON(w, struct {
-			Stats persistence.Stats `json:"stats"`
-			Pools []pool.Pool       `json:"pools"`
-		}{st, pools})
+			Stats dbStats    `json:"stats"`
+			Pools []poolView `json:"pools"`
+		}{st, views})
 	}
-	fmt.Fprintf(w, "database   %s (%s, page %d B, %d free pages, schema %d, sealed %v)\n",
-		st.Path, mib(st.FileSize), st.PageSize, st.FreePages, st.Schema, st.Sealed)
-	fmt.Fprintf(w, "applied    seq %d, time %s\n", st.Meta.Seq, fmtTime(st.Meta.Time))
+	fmt.Fprintf(w, "database   %s (%s on disk, %s in use, page %d B, %d free pages, schema %d, sealed %v)\n",
+		st.Path, mib(st.FileSize), mib(st.DataSize), st.PageSize, st.FreePages, st.Schema, st.Sealed)
+	fmt.Fprintf(w, "applied    seq %d, time %s\n", st.AppliedSeq, fmtTime(st.CoreTime))
 	fmt.Fprintf(w, "journal    %d entries (seq %d..%d)\n", st.Journal, st.JournalFirst, st.JournalLast)
 	fmt.Fprintf(w, "outbox     %d unpublished\n", st.Outbox)
 	fmt.Fprintf(w, "records    %d pools, %d KeyPackages, %d sealed secrets, %d expiry entries, %d dedup ids\n\n",
@@ -163,11 +192,11 @@ func inspectPool(s *persistence.Store, id string, asJSON bool, w io.Writer) erro
 	}
 	if asJSON {
 		return dbJSON(w, struct {
-			Pool        pool.Pool         `json:"pool"`
+			Pool        poolView          `json:"pool"`
 			KeyPackages []pool.KeyPackage `json:"keypackages"`
-		}{p, kps})
+		}{viewOf(p), kps})
 	}
-	if err := dbJSON(w, p); err != nil {
+	if err := dbJSON(w, viewOf(p)); err != nil {
 		return err
 	}
 	fmt.Fprintln(w)
@@ -225,81 +254,90 @@ func fmtTime(t time.Time) string {
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
-func runDBCheck(args []string, stdout, stderr io.Writer) int {
+func dbCheckCmd() *cobra.Command {
 	var d dbFlags
-	if !dbParse("db check", args, stderr, &d, nil) {
-		return dbFailed
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "run bbolt's consistency check and the pool invariants (exit 1 on any problem)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := d.open(true)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			stdout := cmd.OutOrStdout()
+			n := 0
+			if err := s.Check(func(p string) { n++; fmt.Fprintln(stdout, p) }); err != nil {
+				return err
+			}
+			if n > 0 {
+				fmt.Fprintf(stdout, "%d problems in %s\n", n, s.Path())
+				return reported{exitFailure}
+			}
+			how := "private keys decrypted"
+			if !s.HasKey() {
+				how = "private keys checked for presence only (no key file)"
+			}
+			fmt.Fprintf(stdout, "ok: %s is consistent (bbolt pages, indexes, journal, outbox, pool invariants; %s)\n", s.Path(), how)
+			return nil
+		},
 	}
-	s, err := d.open(true)
-	if err != nil {
-		fmt.Fprintln(stderr, "db check:", err)
-		return dbFailed
-	}
-	defer s.Close()
-	n := 0
-	if err := s.Check(func(p string) { n++; fmt.Fprintln(stdout, p) }); err != nil {
-		fmt.Fprintln(stderr, "db check:", err)
-		return dbFailed
-	}
-	if n > 0 {
-		fmt.Fprintf(stdout, "%d problems in %s\n", n, s.Path())
-		return dbProblems
-	}
-	how := "private keys decrypted"
-	if !s.HasKey() {
-		how = "private keys checked for presence only (no key file)"
-	}
-	fmt.Fprintf(stdout, "ok: %s is consistent (bbolt pages, indexes, journal, outbox, pool invariants; %s)\n", s.Path(), how)
-	return dbOK
+	d.register(cmd.Flags())
+	return cmd
 }
 
-func runDBCompact(args []string, stdout, stderr io.Writer) int {
+func dbCompactCmd() *cobra.Command {
 	var d dbFlags
 	var out string
 	var replace bool
-	if !dbParse("db compact", args, stderr, &d, func(fs *flag.FlagSet) {
-		fs.StringVar(&out, "out", "", "write the copy to `FILE` (default <data>/kpool.db.compact)")
-		fs.BoolVar(&replace, "replace", false, "then atomically replace kpool.db with the copy, so freed pages holding erased keys are gone from the file")
-	}) {
-		return dbFailed
+	cmd := &cobra.Command{
+		Use:   "compact [--out FILE] [--replace]",
+		Short: "write a compacted copy of the database (drops freed pages)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				out = d.path() + ".compact"
+			}
+			if replace && filepath.Dir(out) != filepath.Dir(d.path()) {
+				return usagef("--replace needs --out in the data directory (an atomic rename)")
+			}
+			if _, err := os.Stat(out); err == nil {
+				return fmt.Errorf("%s already exists (left by an earlier `db compact`?): remove it, or give another --out", out)
+			}
+			// The shared lock is held from the copy to the rename: no worker can write in
+			// between and have its writes lost by the replace.
+			s, err := d.open(false)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			before, err := os.Stat(d.path())
+			if err != nil {
+				return err
+			}
+			if err := s.CompactTo(out); err != nil {
+				return err
+			}
+			after, err := os.Stat(out)
+			if err != nil {
+				return err
+			}
+			stdout := cmd.OutOrStdout()
+			fmt.Fprintf(stdout, "compacted %s (%s on disk) into %s (%s on disk)\n", d.path(), mib(before.Size()), out, mib(after.Size()))
+			if !replace {
+				return nil
+			}
+			if err := persistence.ReplaceFile(out, d.path()); err != nil {
+				return fmt.Errorf("replace: %w", err)
+			}
+			fmt.Fprintf(stdout, "replaced %s with the compacted copy; the old file's freed pages are gone with it\n", d.path())
+			return nil
+		},
 	}
-	if out == "" {
-		out = d.path() + ".compact"
-	}
-	if replace && filepath.Dir(out) != filepath.Dir(d.path()) {
-		fmt.Fprintln(stderr, "db compact: --replace needs --out in the data directory (an atomic rename)")
-		return dbFailed
-	}
-	before, err := os.Stat(d.path())
-	if err != nil {
-		fmt.Fprintln(stderr, "db compact:", err)
-		return dbFailed
-	}
-	// The shared lock is held from the copy to the rename: no worker can write in
-	// between and have its writes lost by the replace.
-	s, err := d.open(false)
-	if err != nil {
-		fmt.Fprintln(stderr, "db compact:", err)
-		return dbFailed
-	}
-	defer s.Close()
-	if err := s.CompactTo(out); err != nil {
-		fmt.Fprintln(stderr, "db compact:", err)
-		return dbFailed
-	}
-	after, err := os.Stat(out)
-	if err != nil {
-		fmt.Fprintln(stderr, "db compact:", err)
-		return dbFailed
-	}
-	fmt.Fprintf(stdout, "compacted %s (%s) into %s (%s)\n", d.path(), mib(before.Size()), out, mib(after.Size()))
-	if !replace {
-		return dbOK
-	}
-	if err := persistence.ReplaceFile(out, d.path()); err != nil {
-		fmt.Fprintln(stderr, "db compact: replace:", err)
-		return dbFailed
-	}
-	fmt.Fprintf(stdout, "replaced %s with the compacted copy; the old file's freed pages are gone with it\n", d.path())
-	return dbOK
+	d.register(cmd.Flags())
+	fs := cmd.Flags()
+	fs.StringVar(&out, "out", "", "write the copy to `FILE` (default <data>/kpool.db.compact)")
+	fs.BoolVar(&replace, "replace", false, "then atomically replace kpool.db with the copy, so freed pages holding erased keys are gone from the file")
+	return cmd
 }

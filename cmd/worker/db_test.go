@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -81,8 +82,8 @@ func noSecrets(t *testing.T, out string) {
 
 func TestDBInspect(t *testing.T) {
 	dir := dbFixture(t, false)
-	code, out, errOut := runCmd(t, "db", "inspect", "--data", dir)
-	if code != dbOK || !strings.Contains(out, "applied    seq 7") || !strings.Contains(out, "3 KeyPackages, 3 sealed secrets") {
+	code, out, errOut := runCLI(t, "", "db", "inspect", "--data", dir)
+	if code != exitOK || !strings.Contains(out, "applied    seq 7") || !strings.Contains(out, "3 KeyPackages, 3 sealed secrets") {
 		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
 	}
 	if !strings.Contains(out, "p1    alice") {
@@ -90,8 +91,8 @@ func TestDBInspect(t *testing.T) {
 	}
 	noSecrets(t, out)
 
-	code, out, _ = runCmd(t, "db", "inspect", "--data", dir, "--pool", "p1")
-	if code != dbOK || !strings.Contains(out, dbRef(0)+"  available") || !strings.Contains(out, dbRef(1)+"  deleted") {
+	code, out, _ = runCLI(t, "", "db", "inspect", "--data", dir, "--pool", "p1")
+	if code != exitOK || !strings.Contains(out, dbRef(0)+"  available") || !strings.Contains(out, dbRef(1)+"  deleted") {
 		t.Fatalf("--pool: exit %d\n%s", code, out)
 	}
 	lines := strings.Split(out, "\n")
@@ -102,16 +103,16 @@ func TestDBInspect(t *testing.T) {
 	}
 	noSecrets(t, out)
 
-	code, out, _ = runCmd(t, "db", "inspect", "--data", dir, "--ref", dbRef(2), "--json")
-	if code != dbOK || !strings.Contains(out, `"state": "created"`) || !strings.Contains(out, `"private_keys_stored": true`) {
+	code, out, _ = runCLI(t, "", "db", "inspect", "--data", dir, "--ref", dbRef(2), "--json")
+	if code != exitOK || !strings.Contains(out, `"state": "created"`) || !strings.Contains(out, `"private_keys_stored": true`) {
 		t.Fatalf("--ref: exit %d\n%s", code, out)
 	}
-	code, _, errOut = runCmd(t, "db", "inspect", "--data", dir, "--ref", dbRef(9))
-	if code != dbFailed || !strings.Contains(errOut, "no KeyPackage "+dbRef(9)) {
+	code, _, errOut = runCLI(t, "", "db", "inspect", "--data", dir, "--ref", dbRef(9))
+	if code != exitFailure || !strings.Contains(errOut, "no KeyPackage "+dbRef(9)) {
 		t.Fatalf("unknown ref: exit %d %s", code, errOut)
 	}
-	code, _, errOut = runCmd(t, "db", "inspect", "--data", filepath.Join(dir, "nope"))
-	if code != dbFailed || !strings.Contains(errOut, "no database at") {
+	code, _, errOut = runCLI(t, "", "db", "inspect", "--data", filepath.Join(dir, "nope"))
+	if code != exitFailure || !strings.Contains(errOut, "no database at") {
 		t.Fatalf("missing db: exit %d %s", code, errOut)
 	}
 }
@@ -124,8 +125,8 @@ func TestDBCommandsWhileWorkerRuns(t *testing.T) {
 	}
 	defer s.Close()
 	for _, cmd := range []string{"inspect", "check", "compact"} {
-		code, _, errOut := runCmd(t, "db", cmd, "--data", dir, "--timeout", "50ms")
-		if code != dbFailed || !strings.Contains(errOut, "database in use by another worker") {
+		code, _, errOut := runCLI(t, "", "db", cmd, "--data", dir, "--timeout", "50ms")
+		if code != exitFailure || !strings.Contains(errOut, "database in use by another worker") {
 			t.Fatalf("db %s while locked: exit %d %s", cmd, code, errOut)
 		}
 	}
@@ -136,48 +137,83 @@ func TestDBCommandsWhileWorkerRuns(t *testing.T) {
 
 func TestDBCheck(t *testing.T) {
 	dir := dbFixture(t, false)
-	code, out, errOut := runCmd(t, "db", "check", "--data", dir)
-	if code != dbOK || !strings.Contains(out, "is consistent") || !strings.Contains(out, "private keys decrypted") {
+	code, out, errOut := runCLI(t, "", "db", "check", "--data", dir)
+	if code != exitOK || !strings.Contains(out, "is consistent") || !strings.Contains(out, "private keys decrypted") {
 		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
 	}
 	other := filepath.Join(t.TempDir(), "other.key")
 	os.WriteFile(other, make([]byte, persistence.KeySize), 0o600)
-	code, _, errOut = runCmd(t, "db", "check", "--data", dir, "--key-file", other)
-	if code != dbFailed || !strings.Contains(errOut, "does not decrypt this database") {
+	code, _, errOut = runCLI(t, "", "db", "check", "--data", dir, "--key-file", other)
+	if code != exitFailure || !strings.Contains(errOut, "does not decrypt this database") {
 		t.Fatalf("wrong key: exit %d %s", code, errOut)
 	}
 
 	bad := dbFixture(t, true)
-	code, out, _ = runCmd(t, "db", "check", "--data", bad)
-	if code != dbProblems || !strings.Contains(out, "keypackage "+dbRef(3)+" is created without private keys") || !strings.Contains(out, "1 problems") {
+	code, out, _ = runCLI(t, "", "db", "check", "--data", bad)
+	if code != exitFailure || !strings.Contains(out, "keypackage "+dbRef(3)+" is created without private keys") || !strings.Contains(out, "1 problems") {
 		t.Fatalf("keyless: exit %d\n%s", code, out)
 	}
 }
 
 func TestDBCompact(t *testing.T) {
 	dir := dbFixture(t, false)
-	_, before, _ := runCmd(t, "db", "inspect", "--data", dir, "--pool", "p1", "--json")
-	code, out, errOut := runCmd(t, "db", "compact", "--data", dir)
-	if code != dbOK || !strings.Contains(out, "kpool.db.compact") {
+	_, before, _ := runCLI(t, "", "db", "inspect", "--data", dir, "--pool", "p1", "--json")
+	code, out, errOut := runCLI(t, "", "db", "compact", "--data", dir)
+	if code != exitOK || !strings.Contains(out, "kpool.db.compact") {
 		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
 	}
-	code, _, errOut = runCmd(t, "db", "compact", "--data", dir)
-	if code != dbFailed || !strings.Contains(errOut, "already exists") {
+	code, _, errOut = runCLI(t, "", "db", "compact", "--data", dir, "--replace")
+	if code != exitFailure || !strings.Contains(errOut, "kpool.db.compact already exists (left by an earlier `db compact`?): remove it, or give another --out") {
 		t.Fatalf("second compact: exit %d %s", code, errOut)
 	}
 	os.Remove(filepath.Join(dir, "kpool.db.compact"))
-	code, out, errOut = runCmd(t, "db", "compact", "--data", dir, "--replace")
-	if code != dbOK || !strings.Contains(out, "replaced") {
+	code, out, errOut = runCLI(t, "", "db", "compact", "--data", dir, "--replace")
+	if code != exitOK || !strings.Contains(out, "replaced") {
 		t.Fatalf("--replace: exit %d\n%s\n%s", code, out, errOut)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "kpool.db.compact")); !os.IsNotExist(err) {
 		t.Fatal("the copy was not renamed over kpool.db")
 	}
-	_, after, _ := runCmd(t, "db", "inspect", "--data", dir, "--pool", "p1", "--json")
+	_, after, _ := runCLI(t, "", "db", "inspect", "--data", dir, "--pool", "p1", "--json")
 	if before != after || !strings.Contains(after, dbRef(0)) {
 		t.Fatalf("records changed by compaction:\n%s\n%s", before, after)
 	}
-	if code, out, _ := runCmd(t, "db", "check", "--data", dir); code != dbOK {
+	if code, out, _ := runCLI(t, "", "db", "check", "--data", dir); code != exitOK {
 		t.Fatalf("check after compaction: exit %d\n%s", code, out)
+	}
+}
+
+// TestDBInspectUnits: durations read as durations, JSON keys are snake_case, and inspect
+// and compact report the same size for the same file.
+func TestDBInspectUnits(t *testing.T) {
+	dir := dbFixture(t, false)
+	code, out, errOut := runCLI(t, "", "db", "inspect", "--data", dir, "--pool", "p1")
+	if code != exitOK || !strings.Contains(out, `"lifetime": "2016h0m0s"`) || !strings.Contains(out, `"expiry_margin": "`) {
+		t.Fatalf("--pool: exit %d %s\n%s", code, errOut, out)
+	}
+	code, out, _ = runCLI(t, "", "db", "inspect", "--data", dir, "--json")
+	var doc struct {
+		Stats map[string]any `json:"stats"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); code != exitOK || err != nil {
+		t.Fatalf("--json: exit %d %v\n%s", code, err, out)
+	}
+	for k := range doc.Stats {
+		if k != strings.ToLower(k) {
+			t.Errorf("stats key %q is not snake_case", k)
+		}
+	}
+	fi, err := os.Stat(filepath.Join(dir, "kpool.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if doc.Stats["file_size"] != float64(fi.Size()) {
+		t.Errorf("file_size %v, the file has %d bytes", doc.Stats["file_size"], fi.Size())
+	}
+	_, text, _ := runCLI(t, "", "db", "inspect", "--data", dir)
+	onDisk := mib(fi.Size()) + " on disk"
+	_, compacted, _ := runCLI(t, "", "db", "compact", "--data", dir)
+	if !strings.Contains(text, onDisk) || !strings.Contains(compacted, "kpool.db ("+onDisk+")") {
+		t.Errorf("inspect and compact disagree on the size (%s):\n%s\n%s", onDisk, text, compacted)
 	}
 }

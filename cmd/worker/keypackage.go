@@ -2,9 +2,9 @@ package main
 
 import (
 	"bufio"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -13,88 +13,92 @@ import (
 	"unicode/utf8"
 
 	"github.com/kpool/kpool/mls"
+	"github.com/spf13/cobra"
 )
 
-func init() {
-	register(command{name: "keypackage generate", summary: "print fresh MLS KeyPackages (hex MLSMessage, one per line)", run: keypackageGenerate})
-	register(command{name: "keypackage inspect", summary: "decode and validate hex KeyPackages, one JSON verdict per line", run: keypackageInspect})
+func keypackageCmd() *cobra.Command {
+	return group("keypackage", "make and check MLS KeyPackages offline",
+		keypackageGenerateCmd(), keypackageInspectCmd())
 }
 
-// keypackageStdin is where `inspect -` reads; tests replace it.
-var keypackageStdin io.Reader = os.Stdin
+func keypackageGenerateCmd() *cobra.Command {
+	var o generateOptions
+	cmd := &cobra.Command{
+		Use:   "generate [--suite N] [--count K] [--identity S] [--last-resort] [--not-before UNIX --not-after UNIX] [--private-out FILE]",
+		Short: "print fresh MLS KeyPackages (hex MLSMessage, one per line)",
+		Long: "Print fresh MLS KeyPackages, hex MLSMessage, one per line. All KeyPackages of one run\n" +
+			"share a fresh signature key; without --private-out their private keys are discarded.",
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.OutOrStdout()) },
+	}
+	fs := cmd.Flags()
+	fs.UintVar(&o.suite, "suite", 1, "cipher suite, 1..7 (RFC 9420 §17.1)")
+	fs.IntVar(&o.count, "count", 1, "how many KeyPackages")
+	fs.StringVar(&o.identity, "identity", "kpool-cli", "basic credential identity")
+	fs.BoolVar(&o.lastResort, "last-resort", false, "add the last_resort extension (0x000A)")
+	fs.Uint64Var(&o.notBefore, "not-before", 0, "lifetime start, Unix seconds (default now − 1 h)")
+	fs.Uint64Var(&o.notAfter, "not-after", 0, "lifetime end, Unix seconds (default now + 84 d)")
+	fs.StringVar(&o.privOut, "private-out", "", "also write each KeyPackage's ref and private keys as JSON lines to this file (mode 0600)")
+	return cmd
+}
 
-func keypackageGenerate(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("worker keypackage generate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	suite := fs.Uint("suite", 1, "cipher suite, 1..7 (RFC 9420 §17.1)")
-	count := fs.Int("count", 1, "how many KeyPackages")
-	identity := fs.String("identity", "kpool-cli", "basic credential identity")
-	lastResort := fs.Bool("last-resort", false, "add the last_resort extension (0x000A)")
-	notBefore := fs.Uint64("not-before", 0, "lifetime start, Unix seconds (default now − 1 h)")
-	notAfter := fs.Uint64("not-after", 0, "lifetime end, Unix seconds (default now + 84 d)")
-	privOut := fs.String("private-out", "", "also write each KeyPackage's ref and private keys as JSON lines to this file (mode 0600)")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: worker keypackage generate [--suite N] [--count K] [--identity S] [--last-resort] [--not-before UNIX --not-after UNIX] [--private-out FILE]")
-		fmt.Fprintln(stderr, "All KeyPackages of one run share a fresh signature key; without --private-out their private keys are discarded.")
-		fs.PrintDefaults()
-	}
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return 2
-	}
-	cs := mls.CipherSuite(*suite)
+type generateOptions struct {
+	suite               uint
+	count               int
+	identity, privOut   string
+	lastResort          bool
+	notBefore, notAfter uint64
+}
+
+func (o *generateOptions) run(stdout io.Writer) error {
+	cs := mls.CipherSuite(o.suite)
 	switch {
-	case len(pos) > 0:
-		return kpUsage(stderr, fs, fmt.Sprintf("unexpected argument %q", pos[0]))
-	case *suite > 0xffff || !cs.Valid():
-		return kpUsage(stderr, fs, fmt.Sprintf("--suite %d is not an RFC 9420 cipher suite (1..7)", *suite))
-	case *count < 1:
-		return kpUsage(stderr, fs, fmt.Sprintf("--count %d must be at least 1", *count))
-	case *notBefore != 0 && *notAfter != 0 && *notAfter < *notBefore:
-		return kpUsage(stderr, fs, fmt.Sprintf("--not-after %d is before --not-before %d", *notAfter, *notBefore))
+	case o.suite > 0xffff || !cs.Valid():
+		return usagef("--suite %d is not an RFC 9420 cipher suite (1..7)", o.suite)
+	case o.count < 1:
+		return usagef("--count %d must be at least 1", o.count)
+	case o.notBefore != 0 && o.notAfter != 0 && o.notAfter < o.notBefore:
+		return usagef("--not-after %d is before --not-before %d", o.notAfter, o.notBefore)
 	}
 
 	priv, _, err := mls.NewSignatureKey(cs, nil)
 	if err != nil {
-		return kpFail(stderr, "keypackage generate", err)
+		return err
 	}
 	signer, err := mls.SignerFromPrivate(cs, priv)
 	if err != nil {
-		return kpFail(stderr, "keypackage generate", err)
+		return err
 	}
 	var privW *json.Encoder
-	if *privOut != "" {
-		f, err := os.OpenFile(*privOut, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if o.privOut != "" {
+		f, err := os.OpenFile(o.privOut, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 		if err != nil {
-			return kpFail(stderr, "keypackage generate", err)
+			return err
 		}
 		defer f.Close()
 		privW = json.NewEncoder(f)
 		if err := privW.Encode(map[string]any{"cipher_suite": cs, "signature_priv": hex.EncodeToString(priv), "signature_key": hex.EncodeToString(signer.Public())}); err != nil {
-			return kpFail(stderr, "keypackage generate", err)
+			return err
 		}
 	}
-	opts := mls.GenerateOptions{NotBefore: *notBefore, NotAfter: *notAfter, LastResort: *lastResort, Now: time.Now()}
+	opts := mls.GenerateOptions{NotBefore: o.notBefore, NotAfter: o.notAfter, LastResort: o.lastResort, Now: time.Now()}
 	out := bufio.NewWriter(stdout)
 	defer out.Flush()
-	for range *count {
-		kp, bundle, err := mls.Generate(cs, signer, []byte(*identity), opts)
+	for range o.count {
+		kp, bundle, err := mls.Generate(cs, signer, []byte(o.identity), opts)
 		if err != nil {
-			return kpFail(stderr, "keypackage generate", err)
+			return err
 		}
 		fmt.Fprintln(out, hex.EncodeToString(mls.MarshalMLSMessage(kp)))
 		if privW != nil {
 			ref, _ := kp.Ref()
 			if err := privW.Encode(map[string]string{"ref": hex.EncodeToString(ref),
 				"init_priv": hex.EncodeToString(bundle.InitPriv), "encryption_priv": hex.EncodeToString(bundle.EncryptionPriv)}); err != nil {
-				return kpFail(stderr, "keypackage generate", err)
+				return err
 			}
 		}
 	}
-	if err := out.Flush(); err != nil {
-		return kpFail(stderr, "keypackage generate", err)
-	}
-	return 0
+	return out.Flush()
 }
 
 // inspectResult is one line of `keypackage inspect` output.
@@ -113,38 +117,55 @@ type inspectResult struct {
 	LastResort     *bool   `json:"last_resort,omitempty"`
 }
 
-func keypackageInspect(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("worker keypackage inspect", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	at := fs.Int64("at", 0, "validate at this Unix time (default now)")
-	maxLifetime := fs.Duration("max-lifetime", mls.DefaultMaxLifetime, "longest accepted lifetime (0: no bound)")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: worker keypackage inspect [FILE|-] [--at UNIX] [--max-lifetime D]")
-		fmt.Fprintln(stderr, "Reads hex lines (MLSMessage or bare KeyPackage; blank lines and # comments skipped) and prints one JSON object per line. Exit status 1 if any line failed.")
-		fs.PrintDefaults()
+func keypackageInspectCmd() *cobra.Command {
+	var at int64
+	var maxLifetime time.Duration
+	var format string
+	cmd := &cobra.Command{
+		Use:   "inspect [FILE|-] [--format hex|base64] [--at UNIX] [--max-lifetime D]",
+		Short: "decode and validate KeyPackages (hex or base64 lines), one JSON verdict per line",
+		Long: "Read KeyPackages one per line (MLSMessage or bare KeyPackage, hex by default, or the\n" +
+			"base64 that upload messages carry with --format base64; blank lines and # comments are\n" +
+			"skipped) from FILE or stdin and print one JSON verdict per line. Exit status 1 if any\n" +
+			"line failed.",
+		Args: atMostOne("input file"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			decode, ok := lineFormats[format]
+			if !ok {
+				return usagef("--format %q: hex or base64", format)
+			}
+			in := cmd.InOrStdin()
+			if len(args) == 1 && args[0] != "-" {
+				f, err := os.Open(args[0])
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				in = f
+			}
+			return inspectStream(in, cmd.OutOrStdout(), decode, at, maxLifetime)
+		},
 	}
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return 2
-	}
-	if len(pos) > 1 {
-		return kpUsage(stderr, fs, fmt.Sprintf("give at most one input file (got %d)", len(pos)))
-	}
-	in := keypackageStdin
-	if len(pos) == 1 && pos[0] != "-" {
-		f, err := os.Open(pos[0])
-		if err != nil {
-			return kpFail(stderr, "keypackage inspect", err)
-		}
-		defer f.Close()
-		in = f
-	}
+	fs := cmd.Flags()
+	fs.Int64Var(&at, "at", 0, "validate at this Unix time (default now)")
+	fs.DurationVar(&maxLifetime, "max-lifetime", mls.DefaultMaxLifetime, "longest accepted lifetime (0: no bound)")
+	fs.StringVar(&format, "format", "hex", "encoding of each line: hex or base64 (standard, padded, as in upload messages)")
+	return cmd
+}
+
+// lineFormats decode one input line of `keypackage inspect`.
+var lineFormats = map[string]func(string) ([]byte, error){
+	"hex":    hex.DecodeString,
+	"base64": base64.StdEncoding.DecodeString,
+}
+
+func inspectStream(in io.Reader, stdout io.Writer, decode func(string) ([]byte, error), at int64, maxLifetime time.Duration) error {
 	when := time.Now()
-	if *at != 0 {
-		when = time.Unix(*at, 0)
+	if at != 0 {
+		when = time.Unix(at, 0)
 	}
 	policy := mls.DefaultPolicy()
-	policy.MaxLifetime = *maxLifetime
+	policy.MaxLifetime = maxLifetime
 
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
@@ -155,26 +176,26 @@ func keypackageInspect(args []string, stdout, stderr io.Writer) int {
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
-		r := inspectLine(n, line, when, policy)
+		r := inspectLine(n, line, decode, when, policy)
 		failed = failed || !r.OK
 		if err := enc.Encode(r); err != nil {
-			return kpFail(stderr, "keypackage inspect", err)
+			return err
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return kpFail(stderr, "keypackage inspect", err)
+		return err
 	}
 	if failed {
-		return 1
+		return reported{exitFailure} // each failed line says why on stdout
 	}
-	return 0
+	return nil
 }
 
-func inspectLine(n int, line string, at time.Time, p mls.Policy) inspectResult {
+func inspectLine(n int, line string, decode func(string) ([]byte, error), at time.Time, p mls.Policy) inspectResult {
 	r := inspectResult{Line: n}
-	b, err := hex.DecodeString(line)
+	b, err := decode(line)
 	if err != nil {
-		r.Error = "not hex: " + err.Error()
+		r.Error = "cannot decode the line: " + err.Error()
 		return r
 	}
 	kp, err := mls.DecodeAny(b)
@@ -206,15 +227,4 @@ func inspectLine(n int, line string, at time.Time, p mls.Policy) inspectResult {
 	}
 	r.OK = true
 	return r
-}
-
-func kpUsage(stderr io.Writer, fs *flag.FlagSet, msg string) int {
-	fmt.Fprintf(stderr, "%s: %s\n", fs.Name(), msg)
-	fs.Usage()
-	return 2
-}
-
-func kpFail(stderr io.Writer, name string, err error) int {
-	fmt.Fprintf(stderr, "worker %s: %v\n", name, err)
-	return 1
 }

@@ -1,7 +1,7 @@
 package main
 
 import (
-	"bytes"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -12,15 +12,6 @@ import (
 
 	"github.com/kpool/kpool/mls"
 )
-
-func runCLI(t *testing.T, stdin string, args ...string) (int, string, string) {
-	t.Helper()
-	keypackageStdin = strings.NewReader(stdin)
-	defer func() { keypackageStdin = os.Stdin }()
-	var out, errb bytes.Buffer
-	code := dispatch(args, &out, &errb)
-	return code, out.String(), errb.String()
-}
 
 func inspectLines(t *testing.T, out string) []inspectResult {
 	t.Helper()
@@ -210,4 +201,28 @@ func mustHex(t *testing.T, s string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestKeypackageInspectBase64: the base64 that upload messages carry is read with
+// --format base64; a line in the other encoding is reported, not guessed.
+func TestKeypackageInspectBase64(t *testing.T) {
+	code, out, errs := runCLI(t, "", "keypackage", "generate", "--identity", "dave")
+	if code != 0 {
+		t.Fatalf("generate: exit %d %s", code, errs)
+	}
+	hexLine := strings.TrimSpace(out)
+	b64 := base64.StdEncoding.EncodeToString(mustHex(t, hexLine))
+	code, out, errs = runCLI(t, b64+"\n", "keypackage", "inspect", "--format", "base64")
+	rs := inspectLines(t, out)
+	if code != 0 || len(rs) != 1 || !rs[0].OK || *rs[0].Identity != "dave" || rs[0].Form != "mls_message" {
+		t.Fatalf("base64: exit %d %s %s", code, out, errs)
+	}
+	code, out, _ = runCLI(t, b64+"\n", "keypackage", "inspect")
+	if rs := inspectLines(t, out); code != exitFailure || rs[0].OK || !strings.Contains(rs[0].Error, "cannot decode the line") {
+		t.Fatalf("base64 read as hex: exit %d %s", code, out)
+	}
+	code, out, _ = runCLI(t, hexLine+"\n", "keypackage", "inspect", "--format", "base64")
+	if rs := inspectLines(t, out); code != exitFailure || rs[0].OK {
+		t.Fatalf("hex read as base64: exit %d %s", code, out)
+	}
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -17,60 +16,63 @@ import (
 	"github.com/kpool/kpool/replay"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
 )
 
-func init() {
-	register(command{
-		name:    "log export",
-		summary: "write the input journal (or, with --stream, the JetStream events stream) as an NDJSON event log",
-		run:     runLogExport,
-	})
+func logCmd() *cobra.Command {
+	return group("log", "event logs: export what the worker applied", logExportCmd())
 }
 
-func runLogExport(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("worker log export", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	data := fs.String("data", envOr("KPOOL_DATA", "./data"), "data directory holding kpool.db [KPOOL_DATA]")
-	from := fs.Uint64("from", 0, "first `SEQ` to export (journal seq, or stream seq with --stream)")
-	to := fs.Uint64("to", 0, "last `SEQ` to export (0: to the end)")
-	poolID := fs.String("pool", "", "only inputs of pool `P` (global expiry ticks are kept: they reach every pool)")
-	out := fs.String("out", "", "write to `FILE` instead of stdout (written to FILE.tmp, then renamed)")
-	stream := fs.Bool("stream", false, "export the JetStream events stream over NATS instead of the journal")
+func logExportCmd() *cobra.Command {
 	var cf connFlags
-	cf.register(fs, "nats://127.0.0.1:4222")
-	if _, err := parseInterspersed(fs, args); err != nil {
-		return 2
+	var data, poolID, out string
+	var from, to uint64
+	var stream bool
+	cmd := &cobra.Command{
+		Use:   "export [--from SEQ] [--to SEQ] [--pool P] [--out FILE] [--stream]",
+		Short: "write the input journal (or, with --stream, the JetStream events stream) as an NDJSON event log",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if to != 0 && to < from {
+				return usagef("--to %d is before --from %d", to, from)
+			}
+			if poolID != "" {
+				if err := events.ValidPoolID(poolID); err != nil {
+					return usagef("--pool: %w", err)
+				}
+			}
+			stderr := cmd.ErrOrStderr()
+			w, commit, abort, err := outputFile(out, cmd.OutOrStdout())
+			if err != nil {
+				return err
+			}
+			var n int
+			if stream {
+				n, err = exportStream(&cf, w, from, to, poolID, stderr)
+			} else {
+				n, err = exportJournal(data, w, replay.ExportOptions{From: from, To: to, Pool: poolID, Prefix: cf.prefix})
+			}
+			if err == nil {
+				err = commit()
+			} else {
+				abort()
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stderr, "log export: %d inputs written\n", n)
+			return nil
+		},
 	}
-	fail := func(err error) int { fmt.Fprintln(stderr, "log export:", err); return 1 }
-	if *to != 0 && *to < *from {
-		return fail(fmt.Errorf("--to %d is before --from %d", *to, *from))
-	}
-	if *poolID != "" {
-		if err := events.ValidPoolID(*poolID); err != nil {
-			return fail(err)
-		}
-	}
-
-	w, commit, abort, err := outputFile(*out, stdout)
-	if err != nil {
-		return fail(err)
-	}
-	var n int
-	if *stream {
-		n, err = exportStream(&cf, w, *from, *to, *poolID, stderr)
-	} else {
-		n, err = exportJournal(*data, w, replay.ExportOptions{From: *from, To: *to, Pool: *poolID, Prefix: cf.prefix})
-	}
-	if err == nil {
-		err = commit()
-	} else {
-		abort()
-	}
-	if err != nil {
-		return fail(err)
-	}
-	fmt.Fprintf(stderr, "log export: %d inputs written\n", n)
-	return 0
+	fs := cmd.Flags()
+	fs.StringVar(&data, "data", envOr("KPOOL_DATA", "./data"), "data directory holding kpool.db [KPOOL_DATA]")
+	fs.Uint64Var(&from, "from", 0, "first `SEQ` to export (journal seq, or stream seq with --stream)")
+	fs.Uint64Var(&to, "to", 0, "last `SEQ` to export (0: to the end)")
+	fs.StringVar(&poolID, "pool", "", "only inputs of pool `P` (global expiry ticks are kept: they reach every pool)")
+	fs.StringVar(&out, "out", "", "write to `FILE` instead of stdout (written to FILE.tmp, then renamed)")
+	fs.BoolVar(&stream, "stream", false, "export the JetStream events stream over NATS instead of the journal")
+	cf.register(fs, defaultClientURL)
+	return cmd
 }
 
 func exportJournal(dir string, w io.Writer, o replay.ExportOptions) (int, error) {
@@ -104,7 +106,7 @@ func exportStream(cf *connFlags, w io.Writer, from, to uint64, poolID string, st
 	subj := events.Subjects{Prefix: cf.prefix}
 	s, err := js.Stream(ctx, natsbus.StreamNames(cf.prefix).Events)
 	if err != nil {
-		return 0, fmt.Errorf("events stream: %w", err)
+		return 0, hintNoWorker(cf.prefix, fmt.Errorf("events stream: %w", err))
 	}
 	info, err := s.Info(ctx)
 	if err != nil {

@@ -3,82 +3,21 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/events/natsbus"
+	"github.com/spf13/cobra"
 )
 
-func init() {
-	register(command{name: "pool register", summary: "register a pool (or update its policy)", run: poolRegister})
-	register(command{name: "pool status", summary: "show a pool's status; --watch follows it", run: poolStatus})
-	register(command{name: "pool list", summary: "list every pool's status", run: poolList})
-	register(command{name: "pool replenish", summary: "ask a pool to top up to its target now", run: poolReplenish})
-}
-
-const defaultClientURL = "nats://127.0.0.1:4222"
-
-// clientCommand parses the shared connection flags plus extra ones, and connects.
-func clientCommand(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*natsbus.Client, *flag.FlagSet, func(), error) {
-	fs := flag.NewFlagSet("worker "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var cf connFlags
-	cf.register(fs, defaultClientURL)
-	if extra != nil {
-		extra(fs)
-	}
-	if err := fs.Parse(reorder(args)); err != nil {
-		return nil, nil, nil, err
-	}
-	nc, err := cf.connect("kpool-cli")
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	c, err := natsbus.NewClient(nc, natsbus.WithPrefix(cf.prefix))
-	if err != nil {
-		nc.Close()
-		return nil, nil, nil, err
-	}
-	return c, fs, nc.Close, nil
-}
-
-// reorder moves positional arguments after the flags, so `pool status alice --watch`
-// works like `pool status --watch alice`.
-func reorder(args []string) []string {
-	var flags, pos []string
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		switch {
-		case a == "--":
-			pos = append(pos, args[i+1:]...)
-			i = len(args)
-		case len(a) > 1 && a[0] == '-':
-			flags = append(flags, a)
-			if !strings.Contains(a, "=") && i+1 < len(args) && !isBoolFlag(a) {
-				flags = append(flags, args[i+1])
-				i++
-			}
-		default:
-			pos = append(pos, a)
-		}
-	}
-	return append(flags, pos...)
-}
-
-// isBoolFlag lists the boolean flags of the client commands (they take no value).
-func isBoolFlag(a string) bool {
-	switch a {
-	case "-watch", "--watch", "-retry", "--retry", "-h", "--help", "-help":
-		return true
-	}
-	return false
+func poolCmd() *cobra.Command {
+	return group("pool", "register pools and follow their status",
+		poolRegisterCmd(), poolStatusCmd(), poolListCmd(), poolReplenishCmd())
 }
 
 func printJSON(w io.Writer, v any) {
@@ -86,151 +25,195 @@ func printJSON(w io.Writer, v any) {
 	fmt.Fprintln(w, string(b))
 }
 
-func onePool(fs *flag.FlagSet) (string, error) {
-	if fs.NArg() != 1 {
-		return "", fmt.Errorf("give exactly one pool id (got %d arguments)", fs.NArg())
+// poolArg checks the one pool id a command takes.
+func poolArg(args []string) (string, error) {
+	if len(args) != 1 {
+		return "", usagef("give exactly one pool id (got %d arguments)", len(args))
 	}
-	return fs.Arg(0), events.ValidPoolID(fs.Arg(0))
+	if err := events.ValidPoolID(args[0]); err != nil {
+		return "", usageError{err}
+	}
+	return args[0], nil
 }
 
-func cliFail(stderr io.Writer, name string, err error) int {
-	fmt.Fprintf(stderr, "worker %s: %v\n", name, err)
-	return 1
-}
-
-func poolRegister(args []string, stdout, stderr io.Writer) int {
+func poolRegisterCmd() *cobra.Command {
+	var c client
 	var identity, policyFile, keyOut string
 	var suite, target, low, hardCap int
-	c, fs, closeFn, err := clientCommand("pool register", args, stderr, func(fs *flag.FlagSet) {
-		fs.StringVar(&identity, "identity", "", "MLS credential identity of the pool (required)")
-		fs.IntVar(&suite, "suite", 1, "RFC 9420 cipher suite 1-7")
-		fs.IntVar(&target, "target", 0, "set the target size (not given: unchanged, or the default for a new pool)")
-		fs.IntVar(&low, "low-watermark", 0, "set the low watermark (0 is allowed)")
-		fs.IntVar(&hardCap, "hard-cap", 0, "set the hard cap")
-		fs.StringVar(&policyFile, "policy", "", "JSON file with policy overrides (as in pool.register)")
-		fs.StringVar(&keyOut, "key-out", "", "write the pool's signature private key here (mode 0600) when the pool is created")
-	})
-	if err != nil {
-		return 2
-	}
-	defer closeFn()
-	id, err := onePool(fs)
-	if err != nil {
-		return cliFail(stderr, "pool register", err)
-	}
-	req := natsbus.RegisterRequest{Identity: identity, CipherSuite: uint16(suite)}
-	if policyFile != "" {
-		data, err := os.ReadFile(policyFile)
-		if err != nil {
-			return cliFail(stderr, "pool register", err)
-		}
-		if err := events.UnmarshalStrict(data, &req.Policy); err != nil {
-			return cliFail(stderr, "pool register", fmt.Errorf("--policy %s: %w", policyFile, err))
-		}
-	}
-	// only the flags given change the policy; the others keep what is in force
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "target":
-			req.Policy.Target = new(target)
-		case "low-watermark":
-			req.Policy.LowWatermark = new(low)
-		case "hard-cap":
-			req.Policy.HardCap = new(hardCap)
-		}
-	})
-	var rk *natsbus.RecipientKey
-	if keyOut != "" {
-		if rk, err = natsbus.NewRecipientKey(uint16(suite)); err != nil {
-			return cliFail(stderr, "pool register", err)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	reg, err := c.Register(ctx, id, req, rk)
-	if err != nil {
-		return cliFail(stderr, "pool register", err)
-	}
-	if keyOut != "" && reg.SignaturePrivateKey != nil {
-		if err := os.WriteFile(keyOut, reg.SignaturePrivateKey, 0o600); err != nil {
-			return cliFail(stderr, "pool register", err)
-		}
-		fmt.Fprintf(stderr, "signature private key written to %s\n", keyOut)
-	}
-	printJSON(stdout, reg.PoolInfo)
-	return 0
-}
-
-func poolStatus(args []string, stdout, stderr io.Writer) int {
-	var watch bool
-	c, fs, closeFn, err := clientCommand("pool status", args, stderr, func(fs *flag.FlagSet) {
-		fs.BoolVar(&watch, "watch", false, "print the current status, then every change (Ctrl-C to stop); no pool id = every pool")
-	})
-	if err != nil {
-		return 2
-	}
-	defer closeFn()
-	if watch {
-		id := ""
-		if fs.NArg() > 0 {
-			if id, err = onePool(fs); err != nil {
-				return cliFail(stderr, "pool status", err)
+	cmd := &cobra.Command{
+		Use:   "register POOL --identity ID [flags]",
+		Short: "register a pool (or update its policy)",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := poolArg(args)
+			if err != nil {
+				return err
 			}
-		}
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		enc := json.NewEncoder(stdout)
-		stopWatch, err := c.WatchStatus(ctx, id, func(st events.Status) { _ = enc.Encode(st) })
-		if err != nil {
-			return cliFail(stderr, "pool status", err)
-		}
-		defer stopWatch()
-		<-ctx.Done()
-		return 0
+			req := natsbus.RegisterRequest{Identity: identity, CipherSuite: uint16(suite)}
+			if policyFile != "" {
+				data, err := os.ReadFile(policyFile)
+				if err != nil {
+					return err
+				}
+				if err := events.UnmarshalStrict(data, &req.Policy); err != nil {
+					return fmt.Errorf("--policy %s: %w", policyFile, err)
+				}
+			}
+			// only the flags given change the policy; the others keep what is in force
+			fs := cmd.Flags()
+			if fs.Changed("target") {
+				req.Policy.Target = new(target)
+			}
+			if fs.Changed("low-watermark") {
+				req.Policy.LowWatermark = new(low)
+			}
+			if fs.Changed("hard-cap") {
+				req.Policy.HardCap = new(hardCap)
+			}
+			var rk *natsbus.RecipientKey
+			if keyOut != "" {
+				if rk, err = natsbus.NewRecipientKey(uint16(suite)); err != nil {
+					return err
+				}
+			}
+			if err := c.dial(); err != nil {
+				return err
+			}
+			defer c.close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			reg, err := c.Register(ctx, id, req, rk)
+			if err != nil {
+				return c.hint(err)
+			}
+			if keyOut != "" && reg.SignaturePrivateKey != nil {
+				if err := os.WriteFile(keyOut, reg.SignaturePrivateKey, 0o600); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "signature private key written to %s\n", keyOut)
+			}
+			printJSON(cmd.OutOrStdout(), reg.PoolInfo)
+			return nil
+		},
 	}
-	id, err := onePool(fs)
-	if err != nil {
-		return cliFail(stderr, "pool status", err)
-	}
-	st, err := c.Status(context.Background(), id)
-	if err != nil {
-		return cliFail(stderr, "pool status", err)
-	}
-	printJSON(stdout, st)
-	return 0
+	c.register(cmd)
+	fs := cmd.Flags()
+	fs.StringVar(&identity, "identity", "", "MLS credential identity of the pool (required)")
+	fs.IntVar(&suite, "suite", 1, "RFC 9420 cipher suite 1-7")
+	fs.IntVar(&target, "target", 0, "set the target size (not given: unchanged, or the default for a new pool)")
+	fs.IntVar(&low, "low-watermark", 0, "set the low watermark (0 is allowed)")
+	fs.IntVar(&hardCap, "hard-cap", 0, "set the hard cap")
+	fs.StringVar(&policyFile, "policy", "", "JSON file with policy overrides (as in pool.register)")
+	fs.StringVar(&keyOut, "key-out", "", "write the pool's signature private key here (mode 0600) when the pool is created")
+	return cmd
 }
 
-func poolList(args []string, stdout, stderr io.Writer) int {
-	c, _, closeFn, err := clientCommand("pool list", args, stderr, nil)
-	if err != nil {
-		return 2
+func poolStatusCmd() *cobra.Command {
+	var c client
+	var watch bool
+	cmd := &cobra.Command{
+		Use:   "status POOL | status --watch [POOL]",
+		Short: "show a pool's status; --watch follows it",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if watch && len(args) == 0 {
+				return watchStatus(cmd, &c, "")
+			}
+			id, err := poolArg(args)
+			if err != nil {
+				return err
+			}
+			if watch {
+				return watchStatus(cmd, &c, id)
+			}
+			if err := c.dial(); err != nil {
+				return err
+			}
+			defer c.close()
+			st, err := c.Status(cmd.Context(), id)
+			if err != nil {
+				return c.hint(err)
+			}
+			printJSON(cmd.OutOrStdout(), st)
+			return nil
+		},
 	}
-	defer closeFn()
-	l, err := c.List(context.Background())
-	if err != nil {
-		return cliFail(stderr, "pool list", err)
-	}
-	fmt.Fprintf(stdout, "%-24s %-9s %7s %9s %7s %7s %6s\n", "POOL", "HEALTH", "CREATED", "AVAILABLE", "FRESH", "CLAIMED", "TARGET")
-	for _, st := range l {
-		fmt.Fprintf(stdout, "%-24s %-9s %7d %9d %7d %7d %6d\n", st.Pool, st.Health, st.Counts.Created, st.Counts.Available, st.AvailableFresh, st.Counts.Claimed, st.Target)
-	}
-	return 0
+	c.register(cmd)
+	cmd.Flags().BoolVar(&watch, "watch", false, "print the current status, then every change, one JSON object per line (Ctrl-C to stop); no pool id = every pool")
+	return cmd
 }
 
-func poolReplenish(args []string, stdout, stderr io.Writer) int {
-	c, fs, closeFn, err := clientCommand("pool replenish", args, stderr, nil)
-	if err != nil {
-		return 2
+// watchStatus follows the status of one pool (refused up front when the worker does not
+// know it) or of every pool, until a signal.
+func watchStatus(cmd *cobra.Command, c *client, id string) error {
+	if err := c.dialFollowing(cmd.ErrOrStderr()); err != nil {
+		return err
 	}
-	defer closeFn()
-	id, err := onePool(fs)
-	if err != nil {
-		return cliFail(stderr, "pool replenish", err)
+	defer c.close()
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if id != "" {
+		if _, err := c.Status(ctx, id); err != nil {
+			return c.hint(err)
+		}
 	}
-	st, err := c.Replenish(context.Background(), id)
+	enc := json.NewEncoder(cmd.OutOrStdout())
+	stopWatch, err := c.WatchStatus(ctx, id, func(st events.Status) { _ = enc.Encode(st) })
 	if err != nil {
-		return cliFail(stderr, "pool replenish", err)
+		return err
 	}
-	printJSON(stdout, st)
-	return 0
+	defer stopWatch()
+	<-ctx.Done()
+	return nil
+}
+
+func poolListCmd() *cobra.Command {
+	var c client
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "list every pool's status",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := c.dial(); err != nil {
+				return err
+			}
+			defer c.close()
+			l, err := c.List(cmd.Context())
+			if err != nil {
+				return c.hint(err)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "%-24s %-9s %7s %9s %7s %7s %6s\n", "POOL", "HEALTH", "CREATED", "AVAILABLE", "FRESH", "CLAIMED", "TARGET")
+			for _, st := range l {
+				fmt.Fprintf(w, "%-24s %-9s %7d %9d %7d %7d %6d\n", st.Pool, st.Health, st.Counts.Created, st.Counts.Available, st.AvailableFresh, st.Counts.Claimed, st.Target)
+			}
+			return nil
+		},
+	}
+	c.register(cmd)
+	return cmd
+}
+
+func poolReplenishCmd() *cobra.Command {
+	var c client
+	cmd := &cobra.Command{
+		Use:   "replenish POOL",
+		Short: "ask a pool to top up to its target now",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := poolArg(args)
+			if err != nil {
+				return err
+			}
+			if err := c.dial(); err != nil {
+				return err
+			}
+			defer c.close()
+			st, err := c.Replenish(cmd.Context(), id)
+			if err != nil {
+				return c.hint(err)
+			}
+			printJSON(cmd.OutOrStdout(), st)
+			return nil
+		},
+	}
+	c.register(cmd)
+	return cmd
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -17,98 +16,89 @@ import (
 	"github.com/kpool/kpool/persistence"
 	"github.com/kpool/kpool/pool"
 	"github.com/kpool/kpool/replay"
+	"github.com/spf13/cobra"
 )
 
-// Exit statuses of `worker replay` (docs/replay.md).
-const (
-	replayOK       = 0
-	replayDiffers  = 1 // --expect or --verify found a difference
-	replayFailed   = 2 // usage, unreadable log, unknown version, store error
-	replayBadLines = 3 // the replay finished but skipped bad lines
-)
-
-func init() {
-	register(command{
-		name:    "replay",
-		summary: "replay an NDJSON event log into an empty store; --verify audits a database against its journal",
-		run:     runReplay,
-	})
+func replayCmd() *cobra.Command {
+	var o replayOptions
+	cmd := &cobra.Command{
+		Use:   "replay LOG|- [flags] | replay --verify [--data DIR]",
+		Short: "replay an NDJSON event log into an empty store; --verify audits a database against its journal",
+		Long: "Replay an NDJSON event log into an empty store (in memory, or --data DIR) and print a\n" +
+			"summary per pool. --verify instead replays the journal of the database in --data and\n" +
+			"proves it equals the stored state. Exit status 1 when the state differs from --expect,\n" +
+			"--verify fails, or bad lines were skipped (the summary counts them).",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
+			defer stop()
+			return o.run(ctx, args, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&o.data, "data", "", "replay into the bbolt database in `DIR` (resumes when it holds a prefix of the log); default: in memory")
+	fs.StringVar(&o.keyFile, "key-file", "", "master key `FILE` of the replay database (default DIR/replay.key, so that `worker run` refuses the replayed database)")
+	fs.Uint64Var(&o.until, "until", 0, "stop after the last input with seq <= `SEQ`")
+	fs.StringVar(&o.expect, "expect", "", "compare the final state with the expected-state `FILE`; exit 1 on any difference")
+	fs.StringVar(&o.writeState, "write-state", "", "write the final state to `FILE` (an expected-state file)")
+	fs.BoolVar(&o.verify, "verify", false, "replay the journal of the database in --data (default ./data) and prove it equals the stored state")
+	fs.BoolVar(&o.strict, "stop-on-bad-line", false, "stop at the first bad line instead of reporting it and going on")
+	fs.BoolVar(&o.fsync, "fsync", false, "with --data: fsync every commit (survives power loss, much slower)")
+	fs.StringVar(&o.progress, "progress", "auto", "`auto` (a bar on a terminal, else lines), bar, lines or off")
+	fs.StringVar(&o.retention, "journal-retention", "0", "forget dedup ids of inputs older than `D` (the recording worker's --journal-retention) so memory stays flat; 0 = keep all")
+	fs.StringVar(&o.config, "config", "", "default pool policy `FILE` (JSON, the worker's --config); must match the recording worker's")
+	return cmd
 }
 
-func runReplay(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("worker replay", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	data := fs.String("data", "", "replay into the bbolt database in `DIR` (resumes when it holds a prefix of the log); default: in memory")
-	keyFile := fs.String("key-file", "", "master key `FILE` of the replay database (default DIR/replay.key, so that `worker run` refuses the replayed database)")
-	until := fs.Uint64("until", 0, "stop after the last input with seq <= `SEQ`")
-	expect := fs.String("expect", "", "compare the final state with the expected-state `FILE`; exit 1 on any difference")
-	writeState := fs.String("write-state", "", "write the final state to `FILE` (an expected-state file)")
-	verify := fs.Bool("verify", false, "replay the journal of the database in --data (default ./data) and prove it equals the stored state")
-	strict := fs.Bool("stop-on-bad-line", false, "stop at the first bad line instead of reporting it and going on")
-	fsync := fs.Bool("fsync", false, "with --data: fsync every commit (survives power loss, much slower)")
-	progress := fs.String("progress", "auto", "`auto` (a bar on a terminal, else lines), bar, lines or off")
-	retentionStr := fs.String("journal-retention", "0", "forget dedup ids of inputs older than `D` (the recording worker's --journal-retention) so memory stays flat; 0 = keep all")
-	configFile := fs.String("config", "", "default pool policy `FILE` (JSON, the worker's --config); must match the recording worker's")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: worker replay LOG|- [--data DIR] [--until SEQ] [--expect FILE] [--write-state FILE]")
-		fmt.Fprintln(stderr, "       worker replay --verify [--data DIR]")
-		fs.PrintDefaults()
-	}
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return replayFailed
-	}
-	retention, err := events.ParseDuration(*retentionStr)
-	if err != nil {
-		fmt.Fprintln(stderr, "replay: --journal-retention:", err)
-		return replayFailed
-	}
-	core, err := replayCore(*configFile)
-	if err != nil {
-		fmt.Fprintln(stderr, "replay:", err)
-		return replayFailed
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
+type replayOptions struct {
+	data, keyFile, expect, writeState, progress, retention, config string
+	until                                                          uint64
+	verify, strict, fsync                                          bool
+}
 
-	if *verify {
-		if len(pos) != 0 || *expect != "" || *until != 0 {
-			fmt.Fprintln(stderr, "replay: --verify takes no LOG, --expect or --until")
-			return replayFailed
-		}
-		dir := *data
+func (o *replayOptions) run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	retention, err := events.ParseDuration(o.retention)
+	if err != nil {
+		return usagef("--journal-retention: %w", err)
+	}
+	switch {
+	case !map[string]bool{"auto": true, "bar": true, "lines": true, "off": true}[o.progress]:
+		return usagef("--progress %q: auto, bar, lines or off", o.progress)
+	case o.verify && (len(args) != 0 || o.expect != "" || o.until != 0):
+		return usagef("--verify takes no LOG, --expect or --until")
+	case !o.verify && len(args) != 1:
+		return usagef("give exactly one LOG (or - for stdin), or --verify")
+	}
+	core, err := replayCore(o.config)
+	if err != nil {
+		return err
+	}
+	if o.verify {
+		dir := o.data
 		if dir == "" {
 			dir = envOr("KPOOL_DATA", "./data")
 		}
-		return runVerify(ctx, dir, core, stdout, stderr)
-	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return replayFailed
+		return runVerify(ctx, dir, core, stdout)
 	}
 
-	in, size, closeIn, err := openLog(pos[0])
+	in, size, closeIn, err := openLog(args[0])
 	if err != nil {
-		fmt.Fprintln(stderr, "replay:", err)
-		return replayFailed
+		return err
 	}
 	defer closeIn()
 	counted := &countingReader{r: in}
 	lr, err := events.NewLogReader(counted)
 	if err != nil {
-		fmt.Fprintf(stderr, "replay: %s: %v\n", pos[0], err)
-		return replayFailed
+		return fmt.Errorf("%s: %w", args[0], err)
 	}
 
 	var t replay.Target
-	if *data != "" {
-		bt, err := replay.OpenBolt(*data, core, replay.BoltOptions{KeyFile: *keyFile, Fsync: *fsync, JournalRetention: retention})
+	if o.data != "" {
+		bt, err := replay.OpenBolt(o.data, core, replay.BoltOptions{KeyFile: o.keyFile, Fsync: o.fsync, JournalRetention: retention})
 		if err != nil {
-			fmt.Fprintln(stderr, "replay:", err)
-			return replayFailed
+			return err
 		}
 		if m, err := bt.Meta(); err == nil && m.Seq > 0 {
-			fmt.Fprintf(stderr, "replay: %s already holds %d applied inputs: resuming after them\n", *data, m.Seq)
+			fmt.Fprintf(stderr, "replay: %s already holds %d applied inputs: resuming after them\n", o.data, m.Seq)
 		}
 		t = bt
 	} else {
@@ -118,89 +108,78 @@ func runReplay(args []string, stdout, stderr io.Writer) int {
 	}
 	defer t.Close()
 
-	opts := replay.Options{Until: *until, StopOnBadLine: *strict}
-	bar := newProgress(*progress, stderr, size, counted)
+	opts := replay.Options{Until: o.until, StopOnBadLine: o.strict}
+	bar := newProgress(o.progress, stderr, size, counted)
 	opts.Progress, opts.ProgressEvery = bar.update, bar.every
 
 	sum, runErr := replay.Run(ctx, lr, t, opts)
 	if runErr != nil {
-		fmt.Fprintln(stderr, "replay:", runErr)
 		if errors.Is(runErr, events.ErrLogLine) {
 			sum.WriteText(stdout) // what was replayed before the bad line
 		}
-		return replayFailed
+		return runErr
 	}
 	if err := sum.Finish(t); err != nil {
-		fmt.Fprintln(stderr, "replay:", err)
-		return replayFailed
+		return err
 	}
 	if err := sum.WriteText(stdout); err != nil {
-		return replayFailed
+		return err
 	}
 	got, err := replay.Dump(t)
 	if err != nil {
-		fmt.Fprintln(stderr, "replay:", err)
-		return replayFailed
+		return err
 	}
-	if *writeState != "" {
+	if o.writeState != "" {
 		b, err := got.Marshal()
 		if err == nil {
-			err = os.WriteFile(*writeState, b, 0o644)
+			err = os.WriteFile(o.writeState, b, 0o644)
 		}
 		if err != nil {
-			fmt.Fprintln(stderr, "replay:", err)
-			return replayFailed
+			return err
 		}
 	}
-	code := replayOK
-	if sum.BadLines > 0 {
-		code = replayBadLines
-	}
-	if *expect != "" {
-		f, err := os.Open(*expect)
+	if o.expect != "" {
+		f, err := os.Open(o.expect)
 		if err != nil {
-			fmt.Fprintln(stderr, "replay:", err)
-			return replayFailed
+			return err
 		}
 		want, err := replay.ReadState(f)
 		f.Close()
 		if err != nil {
-			fmt.Fprintf(stderr, "replay: %s: %v\n", *expect, err)
-			return replayFailed
+			return fmt.Errorf("%s: %w", o.expect, err)
 		}
 		diff, err := replay.Diff(want, got)
 		if err != nil {
-			fmt.Fprintln(stderr, "replay:", err)
-			return replayFailed
+			return err
 		}
 		if len(diff) > 0 {
-			fmt.Fprintf(stdout, "state differs from %s (%d differences):\n", *expect, len(diff))
+			fmt.Fprintf(stdout, "state differs from %s (%d differences):\n", o.expect, len(diff))
 			for _, d := range diff {
 				fmt.Fprintln(stdout, "  "+d)
 			}
-			return replayDiffers
+			return reported{exitFailure}
 		}
-		fmt.Fprintf(stdout, "state matches %s\n", *expect)
+		fmt.Fprintf(stdout, "state matches %s\n", o.expect)
 	}
-	return code
+	if sum.BadLines > 0 {
+		return fmt.Errorf("%d bad lines were skipped (listed in the notes above)", sum.BadLines)
+	}
+	return nil
 }
 
-func runVerify(ctx context.Context, dir string, core *pool.Core, stdout, stderr io.Writer) int {
+func runVerify(ctx context.Context, dir string, core *pool.Core, stdout io.Writer) error {
 	path := filepath.Join(dir, replay.DBFile)
 	if _, err := os.Stat(path); err != nil {
-		fmt.Fprintf(stderr, "replay --verify: no database at %s: %v\n", path, err)
-		return replayFailed
+		return fmt.Errorf("--verify: no database at %s: %w", path, err)
 	}
 	st, err := persistence.Open(path, persistence.Options{ReadOnly: true})
 	if err != nil {
-		fmt.Fprintf(stderr, "replay --verify: %v (stop the worker or verify a copy: bbolt allows one writer and no other readers)\n", err)
-		return replayFailed
+		return fmt.Errorf("--verify: %w (stop the worker or verify a copy: bbolt allows one writer and no other readers)", err)
 	}
 	defer st.Close()
 	diff, sum, err := replay.Verify(ctx, st, core)
 	if err != nil {
-		fmt.Fprintln(stderr, "replay --verify:", err)
-		return replayFailed
+		return fmt.Errorf("--verify: %w", err)
 	}
 	sum.WriteText(stdout)
 	if len(diff) > 0 || sum.Rejected > 0 || sum.Duplicates > 0 {
@@ -209,10 +188,10 @@ func runVerify(ctx context.Context, dir string, core *pool.Core, stdout, stderr 
 		for _, d := range diff {
 			fmt.Fprintln(stdout, "  "+d)
 		}
-		return replayDiffers
+		return reported{exitFailure}
 	}
 	fmt.Fprintf(stdout, "verify OK: %d journaled inputs replay to the stored state of %s\n", sum.Applied, path)
-	return replayOK
+	return nil
 }
 
 // replayCore builds the core with the worker's default policy, or the one in the
@@ -244,26 +223,6 @@ func openLog(name string) (io.Reader, int64, func(), error) {
 		size = fi.Size()
 	}
 	return f, size, func() { f.Close() }, nil
-}
-
-// parseInterspersed lets flags come before or after positional arguments
-// (`worker replay LOG --data DIR`), which the flag package alone does not.
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		if rest[0] == "--" {
-			return append(pos, rest[1:]...), nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
 }
 
 // countingReader counts bytes read; replay decodes on its own goroutine, so the count

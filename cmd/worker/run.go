@@ -3,10 +3,10 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strconv"
@@ -18,26 +18,16 @@ import (
 	"github.com/kpool/kpool/pool"
 	"github.com/kpool/kpool/worker"
 	"github.com/nats-io/nats.go"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
-
-func init() {
-	register(command{name: "run", summary: "run the worker (embedded NATS by default)", run: runWorker})
-}
-
-// envOr returns the environment variable's value, or def when unset.
-func envOr(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
-}
 
 // connFlags are the NATS client flags shared by run, pool and events.
 type connFlags struct {
 	url, creds, nkey, user, password, tlsCA, tlsCert, tlsKey, prefix string
 }
 
-func (c *connFlags) register(fs *flag.FlagSet, defURL string) {
+func (c *connFlags) register(fs *pflag.FlagSet, defURL string) {
 	fs.StringVar(&c.url, "nats-url", envOr("KPOOL_NATS_URL", defURL), "NATS server URL(s), comma-separated [KPOOL_NATS_URL]")
 	fs.StringVar(&c.creds, "creds", envOr("KPOOL_CREDS", ""), "NATS credentials file [KPOOL_CREDS]")
 	fs.StringVar(&c.nkey, "nkey", envOr("KPOOL_NKEY", ""), "NATS nkey seed file [KPOOL_NKEY]")
@@ -79,14 +69,15 @@ func (c *connFlags) options() ([]nats.Option, error) {
 	return opts, nil
 }
 
-func (c *connFlags) connect(name string) (*nats.Conn, error) {
+func (c *connFlags) connect(name string, extra ...nats.Option) (*nats.Conn, error) {
 	opts, err := c.options()
 	if err != nil {
-		return nil, err
+		return nil, usageError{err}
 	}
-	nc, err := nats.Connect(c.url, append(opts, nats.Name(name), nats.Timeout(5*time.Second))...)
+	opts = append(opts, nats.Name(name), nats.Timeout(5*time.Second))
+	nc, err := nats.Connect(c.url, append(opts, extra...)...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w (is the worker running? `make run`)", c.url, err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w %s", c.url, err, noWorkerHint)
 	}
 	return nc, nil
 }
@@ -109,88 +100,157 @@ func loadPolicy(path string) (pool.Config, error) {
 	return c, nil
 }
 
-func runWorker(args []string, stdout, stderr io.Writer) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return runWorkerCtx(ctx, args, stdout, stderr)
+// runOptions are the flags of `worker run`.
+type runOptions struct {
+	conn                                                  connFlags
+	data, keyFile, listen, tick, config, metrics, maxSkew string
+	retention, replicas, logLevel                         string
+	logJSON                                               bool
 }
 
-// runWorkerCtx runs the worker until ctx ends (a signal) or the worker stops.
-func runWorkerCtx(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("worker run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var cf connFlags
-	cf.register(fs, "")
-	data := fs.String("data", envOr("KPOOL_DATA", "./data"), "data directory: kpool.db, kpool.key, embedded JetStream [KPOOL_DATA]")
-	keyFile := fs.String("key-file", envOr("KPOOL_KEY_FILE", ""), "master key file (default <data>/kpool.key, created if absent) [KPOOL_KEY_FILE]")
-	listen := fs.String("listen", envOr("KPOOL_LISTEN", "127.0.0.1:4222"), "embedded NATS server address, when --nats-url is empty [KPOOL_LISTEN]")
-	tickStr := fs.String("tick", envOr("KPOOL_TICK", "1m"), "period of the internal expiry ticker; 0 = rely on an external scheduler [KPOOL_TICK]")
-	config := fs.String("config", envOr("KPOOL_CONFIG", ""), "JSON file with the default pool policy [KPOOL_CONFIG]")
-	metricsAddr := fs.String("metrics", envOr("KPOOL_METRICS", ""), "serve Prometheus metrics on HOST:PORT/metrics [KPOOL_METRICS]")
-	maxSkewStr := fs.String("max-skew", envOr("KPOOL_MAX_SKEW", "5m"), "refuse events timed further than this ahead of the clock [KPOOL_MAX_SKEW]")
-	retentionStr := fs.String("journal-retention", envOr("KPOOL_JOURNAL_RETENTION", "0"), "keep the input journal and dedup ids this long (e.g. 30d); 0 = forever [KPOOL_JOURNAL_RETENTION]")
-	replicasStr := fs.String("replicas", envOr("KPOOL_REPLICAS", "1"), "replicas of the streams kpool creates (clusters) [KPOOL_REPLICAS]")
-	logLevel := fs.String("log-level", envOr("KPOOL_LOG_LEVEL", "info"), "debug, info, warn or error [KPOOL_LOG_LEVEL]")
-	logJSON := fs.Bool("log-json", envOr("KPOOL_LOG_JSON", "") != "", "log JSON instead of text [KPOOL_LOG_JSON]")
-	if err := fs.Parse(args); err != nil {
-		return 2
+func runCmd() *cobra.Command {
+	var o runOptions
+	c := &cobra.Command{
+		Use:   "run",
+		Short: "run the worker (embedded NATS by default)",
+		Long: "Run the worker until Ctrl-C or SIGTERM. Without --nats-url it starts an embedded NATS\n" +
+			"server (JetStream on) on --listen and keeps everything under --data.\n" +
+			"A first signal stops it gracefully; a second one exits at once.",
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return o.run(ctx, stop, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
 	}
-	fail := func(err error) int { fmt.Fprintln(stderr, "worker run:", err); return 1 }
-	tick, err := time.ParseDuration(*tickStr)
+	fs := c.Flags()
+	o.conn.register(fs, "")
+	fs.StringVar(&o.data, "data", envOr("KPOOL_DATA", "./data"), "data directory: kpool.db, kpool.key, embedded JetStream [KPOOL_DATA]")
+	fs.StringVar(&o.keyFile, "key-file", envOr("KPOOL_KEY_FILE", ""), "master key file (default <data>/kpool.key, created if absent) [KPOOL_KEY_FILE]")
+	fs.StringVar(&o.listen, "listen", envOr("KPOOL_LISTEN", "127.0.0.1:4222"), "embedded NATS server address, when --nats-url is empty [KPOOL_LISTEN]")
+	fs.StringVar(&o.tick, "tick", envOr("KPOOL_TICK", "1m"), "period of the internal expiry ticker; 0 = rely on an external scheduler [KPOOL_TICK]")
+	fs.StringVar(&o.config, "config", envOr("KPOOL_CONFIG", ""), "JSON file with the default pool policy [KPOOL_CONFIG]")
+	fs.StringVar(&o.metrics, "metrics", envOr("KPOOL_METRICS", ""), "serve Prometheus metrics on HOST:PORT/metrics [KPOOL_METRICS]")
+	fs.StringVar(&o.maxSkew, "max-skew", envOr("KPOOL_MAX_SKEW", "5m"), "refuse events timed further than this ahead of the clock [KPOOL_MAX_SKEW]")
+	fs.StringVar(&o.retention, "journal-retention", envOr("KPOOL_JOURNAL_RETENTION", "0"), "keep the input journal and dedup ids this long (e.g. 30d); 0 = forever [KPOOL_JOURNAL_RETENTION]")
+	fs.StringVar(&o.replicas, "replicas", envOr("KPOOL_REPLICAS", "1"), "replicas of the streams kpool creates (clusters) [KPOOL_REPLICAS]")
+	fs.StringVar(&o.logLevel, "log-level", envOr("KPOOL_LOG_LEVEL", "info"), "debug, info, warn or error [KPOOL_LOG_LEVEL]")
+	fs.BoolVar(&o.logJSON, "log-json", envOr("KPOOL_LOG_JSON", "") != "", "log JSON instead of text [KPOOL_LOG_JSON]")
+	return c
+}
+
+// config turns the flags into a worker configuration; every error is a usage error.
+func (o *runOptions) workerConfig(stderr io.Writer) (worker.Config, error) {
+	tick, err := time.ParseDuration(o.tick)
 	if err != nil {
-		return fail(fmt.Errorf("--tick %q: %w", *tickStr, err))
+		return worker.Config{}, usagef("--tick %q: %w", o.tick, err)
 	}
-	maxSkew, err := time.ParseDuration(*maxSkewStr)
+	maxSkew, err := time.ParseDuration(o.maxSkew)
 	if err != nil {
-		return fail(fmt.Errorf("--max-skew %q: %w", *maxSkewStr, err))
+		return worker.Config{}, usagef("--max-skew %q: %w", o.maxSkew, err)
 	}
-	retention, err := events.ParseDuration(*retentionStr)
+	retention, err := events.ParseDuration(o.retention)
 	if err != nil {
-		return fail(fmt.Errorf("--journal-retention: %w", err))
+		return worker.Config{}, usagef("--journal-retention: %w", err)
 	}
-	replicas, err := strconv.Atoi(*replicasStr)
+	replicas, err := strconv.Atoi(o.replicas)
 	if err != nil || replicas < 1 || replicas > 5 {
-		return fail(fmt.Errorf("--replicas %q: a number from 1 to 5", *replicasStr))
+		return worker.Config{}, usagef("--replicas %q: a number from 1 to 5", o.replicas)
 	}
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fail(fmt.Errorf("--log-level %q: %w", *logLevel, err))
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return worker.Config{}, usagef("--log-level %q: %w", o.logLevel, err)
 	}
 	hopts := &slog.HandlerOptions{Level: level}
-	var logger *slog.Logger
-	if *logJSON {
+	logger := slog.New(slog.NewTextHandler(stderr, hopts))
+	if o.logJSON {
 		logger = slog.New(slog.NewJSONHandler(stderr, hopts))
-	} else {
-		logger = slog.New(slog.NewTextHandler(stderr, hopts))
 	}
-	cfg := worker.Config{DataDir: *data, KeyFile: *keyFile, NATSURL: cf.url, Listen: *listen, Prefix: cf.prefix,
-		Tick: tick, MaxSkew: maxSkew, MetricsAddr: *metricsAddr, Logger: logger, JournalRetention: retention,
+	cf := &o.conn
+	cfg := worker.Config{DataDir: o.data, KeyFile: o.keyFile, NATSURL: cf.url, Listen: o.listen, Prefix: cf.prefix,
+		Tick: tick, MaxSkew: maxSkew, MetricsAddr: o.metrics, Logger: logger, JournalRetention: retention,
 		Streams: natsbus.StreamOptions{Replicas: replicas}}
 	if cfg.NATSOptions, err = cf.options(); err != nil {
-		return fail(err)
+		return worker.Config{}, usageError{err}
 	}
 	if cf.url == "" && (cf.creds != "" || cf.nkey != "" || cf.user != "" || cf.tlsCA != "" || cf.tlsCert != "") {
-		return fail(errors.New("--creds/--nkey/--user/--tls-* need --nats-url (the embedded server has no authentication; it listens on --listen)"))
+		return worker.Config{}, usagef("--creds/--nkey/--user/--tls-* need --nats-url (the embedded server has no authentication; it listens on --listen)")
 	}
-	if *config != "" {
-		d, err := loadPolicy(*config)
+	if o.config != "" {
+		d, err := loadPolicy(o.config)
 		if err != nil {
-			return fail(err)
+			return worker.Config{}, err
 		}
 		cfg.Defaults = &d
 	}
-	w, err := worker.Start(ctx, cfg)
+	return cfg, nil
+}
+
+// run starts the worker and runs it until ctx ends (a signal) or the worker stops. stop
+// unregisters the signal handler: after the first signal, a second one exits at once.
+func (o *runOptions) run(ctx context.Context, stop func(), stdout, stderr io.Writer) error {
+	cfg, err := o.workerConfig(stderr)
 	if err != nil {
-		return fail(err)
+		return err
 	}
-	fmt.Fprintf(stdout, "kpool worker running: NATS %s, subjects %s.>, data %s (Ctrl-C to stop)\n", w.ClientURL(), cf.prefix, *data)
+	// A busy port is refused before anything is written, so a failed start leaves no
+	// kpool.db or kpool.key behind in a new data directory.
+	if cfg.NATSURL == "" {
+		if err := checkListen(cfg.Listen); err != nil {
+			return err
+		}
+	}
+	type started struct {
+		w   *worker.Worker
+		err error
+	}
+	ready := make(chan started, 1)
+	go func() {
+		w, err := worker.Start(ctx, cfg)
+		ready <- started{w, err}
+	}()
+	var s started
+	received := false
+	select {
+	case s = <-ready:
+		received = true
+	case <-ctx.Done():
+	}
+	if ctx.Err() != nil {
+		// Said at once, not when start-up ends: a signal is never taken silently.
+		cfg.Logger.Info("stopping: interrupted during start-up (a second signal exits at once)")
+		stop()
+		if !received {
+			s = <-ready
+		}
+		if s.err == nil {
+			return s.w.Close()
+		}
+		return nil // start-up gave up because it was interrupted, as asked
+	}
+	if s.err != nil {
+		return s.err
+	}
+	w := s.w
+	fmt.Fprintf(stdout, "kpool worker running: NATS %s, subjects %s.>, data %s (Ctrl-C to stop)\n", w.ClientURL(), cfg.Prefix, cfg.DataDir)
 	select {
 	case <-ctx.Done():
-		logger.Info("stopping: finishing the messages in hand, flushing the outbox")
+		cfg.Logger.Info("stopping: finishing the messages in hand, flushing the outbox (a second signal exits at once)")
+		stop()
 	case <-w.Done():
 	}
-	if err := w.Close(); err != nil {
-		return fail(err)
+	return w.Close()
+}
+
+// checkListen fails when the embedded server's port is taken (port 0 or -1: any free port).
+func checkListen(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "0" || port == "-1" {
+		return nil // worker.Start reports a malformed address
 	}
-	return 0
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w (is a worker already running? use another --listen, or --nats-url for a server that is running)", addr, err)
+	}
+	return ln.Close()
 }

@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -15,6 +15,7 @@ import (
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/events/natsbus"
 	"github.com/kpool/kpool/mls"
+	"github.com/spf13/pflag"
 )
 
 // syncBuffer is a bytes.Buffer safe for the worker's goroutines to write to.
@@ -41,13 +42,6 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-// runClient runs one worker subcommand in-process.
-func runClient(args ...string) (code int, stdout, stderr string) {
-	var out, errb bytes.Buffer
-	code = dispatch(args, &out, &errb)
-	return code, out.String(), errb.String()
-}
-
 // TestRunAndClientCommands starts `worker run` on an embedded server, then drives it with
 // `pool register`, `pool status`, `pool list`, `pool replenish` and `events publish`, and
 // stops it as a signal would.
@@ -63,7 +57,7 @@ func TestRunAndClientCommands(t *testing.T) {
 	stdout, stderr := newSyncBuffer(), newSyncBuffer()
 	done := make(chan int, 1)
 	go func() {
-		done <- runWorkerCtx(ctx, []string{"--data", dir, "--listen", "127.0.0.1:0", "--tick", "0", "--metrics", "127.0.0.1:0", "--config", policy}, stdout, stderr)
+		done <- execute(ctx, []string{"run", "--data", dir, "--listen", "127.0.0.1:0", "--tick", "0", "--metrics", "127.0.0.1:0", "--config", policy}, nil, stdout, stderr)
 	}()
 	urlRE := regexp.MustCompile(`NATS (nats://\S+),`)
 	var url string
@@ -86,12 +80,12 @@ func TestRunAndClientCommands(t *testing.T) {
 		t.Fatalf("worker does not use the prefix from the environment: %s", stdout.String())
 	}
 	// --config gave the defaults; the register flags override them per pool.
-	code, out, errOut := runClient("pool", "register", "bob", "--nats-url", url, "--identity", "bob", "--target", "3")
+	code, out, errOut := runCLI(t, "", "pool", "register", "bob", "--nats-url", url, "--identity", "bob", "--target", "3")
 	var info natsbus.PoolInfo
 	if code != 0 || json.Unmarshal([]byte(out), &info) != nil || info.Status == nil || info.Status.Target != 3 || info.Status.HardCap != 12 {
 		t.Fatalf("pool register bob: %d %s %s", code, out, errOut)
 	}
-	code, out, errOut = runClient("pool", "register", "alice", "--nats-url", url, "--identity", "alice@example.org", "--key-out", keyFile)
+	code, out, errOut = runCLI(t, "", "pool", "register", "alice", "--nats-url", url, "--identity", "alice@example.org", "--key-out", keyFile)
 	if code != 0 {
 		t.Fatalf("pool register: %d %s", code, errOut)
 	}
@@ -114,12 +108,12 @@ func TestRunAndClientCommands(t *testing.T) {
 	dsOut, dsErr := newSyncBuffer(), newSyncBuffer()
 	dsDone := make(chan int, 1)
 	go func() {
-		dsDone <- dsSimulateCtx(dsCtx, []string{"--nats-url", url, "--claim", "2", "--pool", "alice"}, dsOut, dsErr)
+		dsDone <- execute(dsCtx, []string{"ds", "simulate", "--nats-url", url, "--claim", "2", "--pool", "alice"}, nil, dsOut, dsErr)
 	}()
 	var st events.Status
 	deadline = time.Now().Add(20 * time.Second)
 	for {
-		code, out, errOut = runClient("pool", "status", "alice", "--nats-url", url)
+		code, out, errOut = runCLI(t, "", "pool", "status", "alice", "--nats-url", url)
 		if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Pool != "alice" || st.Target != 6 {
 			t.Fatalf("pool status: %d %s %s", code, out, errOut)
 		}
@@ -135,32 +129,51 @@ func TestRunAndClientCommands(t *testing.T) {
 	if code := <-dsDone; code != 0 || strings.Count(dsOut.String(), "claimed ") != 2 {
 		t.Fatalf("ds simulate: exit %d\n%s", code, dsOut.String())
 	}
-	if code, out, _ = runClient("pool", "list", "--nats-url", url); code != 0 || !strings.Contains(out, "alice") || !strings.Contains(out, "bob") {
+	if code, out, _ = runCLI(t, "", "pool", "list", "--nats-url", url); code != 0 || !strings.Contains(out, "alice") || !strings.Contains(out, "bob") {
 		t.Fatalf("pool list: %d %s", code, out)
 	}
-	if code, _, errOut = runClient("pool", "replenish", "alice", "--nats-url", url); code != 0 {
+	if code, _, errOut = runCLI(t, "", "pool", "replenish", "alice", "--nats-url", url); code != 0 {
 		t.Fatalf("pool replenish: %s", errOut)
 	}
-	if code, _, errOut = runClient("pool", "status", "carol", "--nats-url", url); code != 1 || !strings.Contains(errOut, "unknown_pool") {
+	if code, _, errOut = runCLI(t, "", "pool", "status", "carol", "--nats-url", url); code != 1 || !strings.Contains(errOut, "unknown_pool") {
 		t.Fatalf("status of an unknown pool: %d %s", code, errOut)
 	}
-	if code, _, errOut = runClient("pool", "status", "bad!pool", "--nats-url", url); code != 1 || !strings.Contains(errOut, "A-Z a-z 0-9 _ -") {
+	// --watch refuses an unknown pool up front instead of waiting for it forever.
+	if code, _, errOut = runCLI(t, "", "pool", "status", "carol", "--watch", "--nats-url", url); code != exitFailure || !strings.Contains(errOut, "unknown_pool") {
+		t.Fatalf("--watch of an unknown pool: %d %s", code, errOut)
+	}
+	if code, _, errOut = runCLI(t, "", "pool", "status", "bad!pool", "--nats-url", url); code != exitUsage || !strings.Contains(errOut, "A-Z a-z 0-9 _ -") {
 		t.Fatalf("bad pool id: %d %s", code, errOut)
 	}
 
 	// events publish: flags, positional type, raw JSON; invalid events are refused locally.
 	ref := strings.Repeat("ab", 32)
-	code, out, errOut = runClient("events", "publish", "upload_ack", "--pool", "alice", "--ref", ref, "--id", "cli-1", "--nats-url", url)
-	if code != 0 || !strings.Contains(out, `"id": "cli-1"`) {
+	code, out, errOut = runCLI(t, "", "events", "publish", "upload_ack", "--pool", "alice", "--ref", ref, "--id", "cli-1", "--nats-url", url)
+	if code != 0 || !strings.Contains(out, `"id": "cli-1"`) || !strings.Contains(errOut, "asynchronously") {
 		t.Fatalf("events publish: %d %s %s", code, out, errOut)
 	}
-	if code, _, errOut = runClient("events", "publish", "--json", `{"id":"cli-2","type":"expiry_tick","time":"2020-01-01T00:00:00Z"}`, "--nats-url", url); code != 0 {
+	// --wait follows the event to the worker's verdict: applied (exit 0, the transition),
+	// refused by the state machine, or dead-lettered (exit 1).
+	free := unclaimedRef(t, dsOut.String())
+	code, out, errOut = runCLI(t, "", "events", "publish", "claimed", "--pool", "alice", "--ref", free, "--wait", "--nats-url", url)
+	if code != exitOK || !strings.Contains(out, `"to": "claimed"`) {
+		t.Fatalf("publish --wait: %d %s %s", code, out, errOut)
+	}
+	code, _, errOut = runCLI(t, "", "events", "publish", "upload_ack", "--pool", "alice", "--ref", free, "--wait", "--nats-url", url)
+	if code != exitFailure || !strings.Contains(errOut, "refused") || !strings.Contains(errOut, "claimed") {
+		t.Fatalf("publish --wait of an invalid transition: %d %s", code, errOut)
+	}
+	code, _, errOut = runCLI(t, "", "events", "publish", "upload_ack", "--pool", "nosuch", "--ref", ref, "--wait", "--nats-url", url)
+	if code != exitFailure || !strings.Contains(errOut, "refused (dead letter unknown_pool)") {
+		t.Fatalf("publish --wait to an unknown pool: %d %s", code, errOut)
+	}
+	if code, _, errOut = runCLI(t, "", "events", "publish", "--json", `{"id":"cli-2","type":"expiry_tick","time":"2020-01-01T00:00:00Z"}`, "--nats-url", url); code != 0 {
 		t.Fatalf("events publish --json: %s", errOut)
 	}
-	if code, _, errOut = runClient("events", "publish", "claimed", "--pool", "alice", "--ref", "XYZ", "--nats-url", url); code != 1 || !strings.Contains(errOut, "lowercase hex") {
+	if code, _, errOut = runCLI(t, "", "events", "publish", "claimed", "--pool", "alice", "--ref", "XYZ", "--nats-url", url); code != 1 || !strings.Contains(errOut, "lowercase hex") {
 		t.Fatalf("invalid event: %d %s", code, errOut)
 	}
-	if code, _, errOut = runClient("events", "publish", "generated", "--pool", "alice", "--nats-url", url); code != 1 {
+	if code, _, errOut = runCLI(t, "", "events", "publish", "generated", "--pool", "alice", "--nats-url", url); code != 1 {
 		t.Fatalf("internal type published: %d %s", code, errOut)
 	}
 
@@ -176,6 +189,22 @@ func TestRunAndClientCommands(t *testing.T) {
 	if !strings.Contains(stderr.String(), "worker stopped") {
 		t.Fatalf("no clean stop in the log:\n%s", stderr.String())
 	}
+}
+
+// unclaimedRef picks a regular KeyPackage that ds simulate acknowledged and did not claim.
+func unclaimedRef(t *testing.T, dsOut string) string {
+	t.Helper()
+	claimed := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^claimed alice ([0-9a-f]+)$`).FindAllStringSubmatch(dsOut, -1) {
+		claimed[m[1]] = true
+	}
+	for _, m := range regexp.MustCompile(`stored and acked alice ([0-9a-f]+) \(last_resort=false`).FindAllStringSubmatch(dsOut, -1) {
+		if !claimed[m[1]] {
+			return m[1]
+		}
+	}
+	t.Fatalf("no unclaimed KeyPackage in the ds simulate output:\n%s", dsOut)
+	return ""
 }
 
 func TestRunFlagErrors(t *testing.T) {
@@ -209,7 +238,7 @@ func TestRunFlagErrors(t *testing.T) {
 			t.Setenv(k, v)
 		}
 		var out, errb bytes.Buffer
-		code := runWorkerCtx(context.Background(), append([]string{"--data", t.TempDir(), "--listen", "127.0.0.1:0"}, tc.args...), &out, &errb)
+		code := execute(context.Background(), append([]string{"run", "--data", t.TempDir(), "--listen", "127.0.0.1:0"}, tc.args...), nil, &out, &errb)
 		if code == 0 || !strings.Contains(errb.String(), tc.want) {
 			t.Errorf("%v %v: exit %d, stderr %q, want it to mention %q", tc.args, tc.env, code, errb.String(), tc.want)
 		}
@@ -219,17 +248,16 @@ func TestRunFlagErrors(t *testing.T) {
 	}
 }
 
-// TestPasswordNotInUsage: KPOOL_PASSWORD is used, but the usage text printed on a flag
-// error never shows it as a default.
+// TestPasswordNotInUsage: KPOOL_PASSWORD is used, but the help never shows it as a default.
 func TestPasswordNotInUsage(t *testing.T) {
 	t.Setenv("KPOOL_PASSWORD", "hunter2-secret")
-	for _, args := range [][]string{{"run", "--nope"}, {"pool", "list", "--nope"}} {
-		var out, errb bytes.Buffer
-		if code := dispatch(args, &out, &errb); code != 2 || !strings.Contains(errb.String(), "KPOOL_PASSWORD") {
-			t.Fatalf("%v: exit %d, want 2 and the usage:\n%s", args, code, errb.String())
+	for _, args := range [][]string{{"run", "--help"}, {"pool", "list", "--help"}} {
+		code, out, _ := runCLI(t, "", args...)
+		if code != exitOK || !strings.Contains(out, "KPOOL_PASSWORD") {
+			t.Fatalf("%v: exit %d, want 0 and the help:\n%s", args, code, out)
 		}
-		if strings.Contains(errb.String(), "hunter2") {
-			t.Errorf("%v: the usage shows the password:\n%s", args, errb.String())
+		if strings.Contains(out, "hunter2") {
+			t.Errorf("%v: the help shows the password:\n%s", args, out)
 		}
 	}
 	for _, tc := range []struct {
@@ -239,11 +267,45 @@ func TestPasswordNotInUsage(t *testing.T) {
 		{nil, "hunter2-secret"},
 		{[]string{"--password", "given"}, "given"},
 	} {
-		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
 		var cf connFlags
 		cf.register(fs, "")
 		if err := fs.Parse(tc.args); err != nil || cf.password != tc.want {
 			t.Errorf("%v: password %q, err %v; want %q", tc.args, cf.password, err, tc.want)
 		}
+	}
+}
+
+// TestRunBusyPortWritesNothing: a worker whose port is taken fails at once, says why, and
+// leaves a new data directory as it found it (no kpool.db, no kpool.key).
+func TestRunBusyPortWritesNothing(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	data := filepath.Join(t.TempDir(), "new")
+	code, _, errOut := runCLI(t, "", "run", "--data", data, "--listen", ln.Addr().String())
+	if code != exitFailure || !strings.Contains(errOut, "--listen "+ln.Addr().String()) || !strings.Contains(errOut, "address already in use") {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+	if strings.Contains(errOut, "worker stopped") {
+		t.Errorf("a run that never started logs a stop:\n%s", errOut)
+	}
+	if _, err := os.Stat(data); !os.IsNotExist(err) {
+		entries, _ := os.ReadDir(data)
+		t.Fatalf("the failed start created %s: %v", data, entries)
+	}
+}
+
+// TestRunInterruptedDuringStartup: a signal that arrives while the worker starts is acted
+// on: it is logged at once, start-up is abandoned or undone, and the exit status is 0.
+func TestRunInterruptedDuringStartup(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var out, errb bytes.Buffer
+	code := execute(ctx, []string{"run", "--data", t.TempDir(), "--listen", "127.0.0.1:0", "--tick", "0"}, nil, &out, &errb)
+	if code != exitOK || !strings.Contains(errb.String(), "stopping: interrupted during start-up") || strings.Contains(out.String(), "worker running") {
+		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, out.String(), errb.String())
 	}
 }
