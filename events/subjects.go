@@ -35,6 +35,29 @@ func (s Subjects) DeadLetter() string { return s.Prefix + ".deadletter" }
 // API is the prefix of the micro service endpoints.
 func (s Subjects) API() string { return s.Prefix + ".api" }
 
+// Input is the subject on which the worker publishes one of its own inputs (API calls,
+// generated KeyPackages) into the inbound stream, so that they share the one order of
+// every input. Only the worker may publish here (see docs/security.md).
+func (s Subjects) Input(pool string, t Type) string {
+	return fmt.Sprintf("%s.inputs.%s.%s", s.Prefix, pool, t)
+}
+
+// Inputs matches every internal input subject.
+func (s Subjects) Inputs() string { return s.Prefix + ".inputs.>" }
+
+// IsInput reports whether a subject is an internal input subject.
+func (s Subjects) IsInput(subject string) bool {
+	return strings.HasPrefix(subject, s.Prefix+".inputs.")
+}
+
+// CheckInputSubject verifies that an internal input's pool and type match its subject.
+func (s Subjects) CheckInputSubject(subject string, e Event) error {
+	if want := s.Input(e.Pool, e.Type); subject != want {
+		return fmt.Errorf("%w: %s input of pool %q arrived on %q, want %q", ErrSubject, e.Type, e.Pool, subject, want)
+	}
+	return nil
+}
+
 // ParseEvent splits an inbound subject into pool and type. Ticks have an empty pool.
 func (s Subjects) ParseEvent(subject string) (pool string, t Type, err error) {
 	rest, ok := strings.CutPrefix(subject, s.Prefix+".events.")

@@ -67,9 +67,8 @@ type Env struct {
 	Clock *Clock
 	Dir   string
 
-	subj    events.Subjects
-	durable string
-	ownDir  bool
+	subj   events.Subjects
+	ownDir bool
 }
 
 // New starts an embedded nats-server and a worker on a random port and connects a client.
@@ -109,7 +108,7 @@ func New(ctx context.Context, o Options) (*Env, error) {
 		return nil, fmt.Errorf("kpooltest: %w", err)
 	}
 	// Start returns once the server has the API subscriptions, so requests find a responder.
-	e.Worker, e.durable = w, w.Durable()
+	e.Worker = w
 	nc, err := nats.Connect(w.ClientURL(), nats.Name("kpooltest client"))
 	if err != nil {
 		e.Close()

@@ -141,9 +141,7 @@ func (e *Env) WaitIdle(ctx context.Context) error {
 		return err
 	}
 	streams := natsbus.StreamNames(e.subj.Prefix)
-	// Everything stored in the stream so far must be acked: a consumer's pending count
-	// can lag a publish by a moment, its ack floor against the stream's last sequence
-	// cannot.
+	// Everything stored in the input stream so far must be applied.
 	stream, err := js.Stream(ctx, streams.Events)
 	if err != nil {
 		return err
@@ -155,16 +153,8 @@ func (e *Env) WaitIdle(ctx context.Context) error {
 	last := si.State.LastSeq
 	var why string
 	err = poll(ctx, func() (bool, error) {
-		c, err := stream.Consumer(ctx, e.durable)
-		if err != nil {
-			return false, err
-		}
-		ci, err := c.Info(ctx)
-		if err != nil {
-			return false, err
-		}
-		if ci.AckFloor.Stream < last || ci.NumAckPending > 0 {
-			why = fmt.Sprintf("events acked up to stream seq %d of %d, %d awaiting ack", ci.AckFloor.Stream, last, ci.NumAckPending)
+		if applied := e.Worker.AppliedSeq(); applied < last {
+			why = fmt.Sprintf("inputs applied up to stream seq %d of %d", applied, last)
 			return false, nil
 		}
 		pools, err := e.Worker.Store().Pools()

@@ -10,50 +10,16 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-// batchWrites is what the commit stage writes for one batch: puts and deletes in the
-// order the steps made them, every value already encoded by the step stage (which has
-// time to spare while the commit stage writes and syncs), so the commit stage only
-// hands bytes to bbolt.
-type batchWrites struct {
-	ops    []kvOp
-	outSeq uint64 // the outbox bucket's sequence after this batch
-	acks   []string
-}
-
-type kvOp struct {
-	bucket   int // index in allBuckets
-	key, val []byte
-	del      bool
-}
-
-// Indexes of the buckets in allBuckets.
-const (
-	iMeta = iota
-	iPools
-	iKPs
-	iPoolKPs
-	iExpiry
-	iSecrets
-	iSeen
-	iJournal
-	iOutbox
-	iOutboxIDs
-	nBuckets
-)
-
-func newBatchWrites() *batchWrites { return &batchWrites{} }
-
-func (w *batchWrites) empty() bool { return len(w.ops)+len(w.acks) == 0 }
-
-func (w *batchWrites) put(b int, k, v []byte) { w.ops = append(w.ops, kvOp{bucket: b, key: k, val: v}) }
-func (w *batchWrites) del(b int, k []byte)    { w.ops = append(w.ops, kvOp{bucket: b, key: k, del: true}) }
-
 // validate checks, before anything of this step is recorded, that the Ready can be
 // stored: the sequence follows the last one and no live KeyPackage lacks its keys.
-func (v *ovView) validate(in Input, r pool.Ready, allowMissing bool) error {
-	if r.Seq != 0 && r.Seq != v.meta.Seq+1 {
+func (v *txView) validate(in Input, r pool.Ready, allowMissing bool) error {
+	meta, err := v.Meta()
+	if err != nil {
+		return err
+	}
+	if r.Seq != 0 && r.Seq != meta.Seq+1 {
 		return &InputError{EventID: r.Input.ID, Err: ErrSequence,
-			Reason: fmt.Sprintf("step assigned %d, last applied is %d", r.Seq, v.meta.Seq)}
+			Reason: fmt.Sprintf("step assigned %d, last applied is %d", r.Seq, meta.Seq)}
 	}
 	if allowMissing {
 		return nil
@@ -75,8 +41,8 @@ func (v *ovView) validate(in Input, r pool.Ready, allowMissing bool) error {
 	return nil
 }
 
-// checkKeys refuses, before anything is recorded, a step whose keys bbolt would refuse
-// at commit time, so that a bad input cannot fail the other inputs of its batch.
+// checkKeys refuses, before anything is recorded, a step whose keys bbolt would refuse,
+// so that a bad input is refused on its own instead of failing its whole batch.
 func checkKeys(in Input, r pool.Ready) error {
 	check := func(what, k string) error {
 		switch {
@@ -116,29 +82,32 @@ func checkKeys(in Input, r pool.Ready) error {
 	return nil
 }
 
-// record adds one accepted step to the overlay (for the steps after it) and to the
-// batch (for the commit stage). Order matters: secrets first, so that an erasure in the
-// same Ready wins; index deletes before puts, so a moved entry ends up present.
-func (v *ovView) record(w *batchWrites, seal *sealer, in Input, r pool.Ready) error {
-	o, b := v.ov, v.batch
+// record writes one accepted step into the transaction, where the next step sees it.
+// Order matters: secrets first, so that an erasure in the same Ready wins; index deletes
+// before puts, so a moved entry ends up present.
+func (v *txView) record(seal *sealer, in Input, r pool.Ready) error {
 	for id, plain := range in.Secrets {
 		sealed, err := seal.seal([]byte(id), plain)
 		if err != nil {
 			return err
 		}
-		w.put(iSecrets, []byte(id), sealed)
-		o.secrets[id] = op[[]byte]{v: sealed, batch: b}
+		if err := v.secrets.Put([]byte(id), sealed); err != nil {
+			return err
+		}
 	}
 	for _, kp := range r.KeyPackages {
 		data, err := json.Marshal(kp)
 		if err != nil {
 			return fmt.Errorf("keypackage %s: %w", kp.Ref, err)
 		}
-		if !v.hasKP(kp.Ref) { // new: add it to its pool's index
-			w.put(iPoolKPs, poolKPKey(kp.Pool, kp.Ref), nil)
+		if v.kps.Get([]byte(kp.Ref)) == nil { // new: add it to its pool's index
+			if err := v.poolKPs.Put(poolKPKey(kp.Pool, kp.Ref), nil); err != nil {
+				return err
+			}
 		}
-		w.put(iKPs, []byte(kp.Ref), data)
-		o.kps[kp.Ref] = op[pool.KeyPackage]{v: kp, batch: b}
+		if err := v.kps.Put([]byte(kp.Ref), data); err != nil {
+			return err
+		}
 	}
 	for _, ref := range r.Purge {
 		kp, ok, err := v.KeyPackage(ref)
@@ -148,92 +117,92 @@ func (v *ovView) record(w *batchWrites, seal *sealer, in Input, r pool.Ready) er
 		if !ok {
 			continue
 		}
-		w.del(iPoolKPs, poolKPKey(kp.Pool, ref))
-		w.del(iKPs, []byte(ref))
-		w.del(iSecrets, []byte(ref))
-		o.kps[ref] = op[pool.KeyPackage]{del: true, batch: b}
-		o.secrets[ref] = op[[]byte]{del: true, batch: b}
+		if err := deleteAll(v.poolKPs.Delete(poolKPKey(kp.Pool, ref)), v.kps.Delete([]byte(ref)), v.secrets.Delete([]byte(ref))); err != nil {
+			return err
+		}
 	}
 	for _, e := range r.IndexDel {
-		k := indexKey(e.At, e.Ref)
-		w.del(iExpiry, k)
-		o.expiry[string(k)] = op[struct{}]{del: true, batch: b}
+		if err := v.expiry.Delete(indexKey(e.At, e.Ref)); err != nil {
+			return err
+		}
 	}
 	for _, e := range r.IndexPut {
-		k := indexKey(e.At, e.Ref)
-		w.put(iExpiry, k, nil)
-		o.putExpiry(string(k), b)
+		if err := v.expiry.Put(indexKey(e.At, e.Ref), nil); err != nil {
+			return err
+		}
 	}
 	for _, ref := range r.Erase {
-		w.del(iSecrets, []byte(ref))
-		o.secrets[ref] = op[[]byte]{del: true, batch: b}
+		if err := v.secrets.Delete([]byte(ref)); err != nil {
+			return err
+		}
 	}
 	for _, p := range r.Pools {
 		data, err := json.Marshal(p)
 		if err != nil {
 			return fmt.Errorf("pool %s: %w", p.ID, err)
 		}
-		w.put(iPools, []byte(p.ID), data)
-		o.pools[p.ID] = op[pool.Pool]{v: p, batch: b}
+		if err := v.pools.Put([]byte(p.ID), data); err != nil {
+			return err
+		}
 	}
 	for _, m := range r.Outbox {
-		// Both puts also for a replacement: an ack may have removed the id meanwhile.
-		k := seqKey(v.outboxKey(m.ID))
-		w.put(iOutbox, k, encodeOutbound(m))
-		w.put(iOutboxIDs, []byte(m.ID), k)
+		if err := v.putOutbox(m); err != nil {
+			return err
+		}
 	}
-	w.outSeq = *v.outSeq
 	if r.Seq != 0 {
 		if r.Input.ID != "" {
-			k := seenKey(r.Input.Pool, r.Input.ID)
-			w.put(iSeen, k, seenValue(r.Seq, r.Input.Digest()))
-			o.seen[string(k)] = op[[]byte]{v: seenValue(r.Seq, r.Input.Digest()), batch: b}
+			if err := v.seen.Put(seenKey(r.Input.Pool, r.Input.ID), seenValue(r.Seq, r.Input.Digest())); err != nil {
+				return err
+			}
 		}
 		data, err := json.Marshal(r.Input)
 		if err != nil {
 			return fmt.Errorf("journal entry %d: %w", r.Seq, err)
 		}
-		w.put(iJournal, seqKey(r.Seq), data)
+		if err := v.journal.Put(seqKey(r.Seq), data); err != nil {
+			return err
+		}
 	}
 	if r.Seq != 0 || r.Meta != (pool.Meta{}) {
 		data, err := json.Marshal(r.Meta)
 		if err != nil {
 			return err
 		}
-		*v.meta = r.Meta
-		w.put(iMeta, kApplied, data)
+		if err := v.meta.Put(kApplied, data); err != nil {
+			return err
+		}
+		m := r.Meta
+		v.cachedMeta = &m
 	}
 	return nil
 }
 
-// writeBatch is the commit stage's work: plain puts and deletes, then outbox acks and
-// journal pruning.
-func writeBatch(tx *bolt.Tx, w *batchWrites, retention int64, pruneLimit int) error {
-	var bs [nBuckets]*bolt.Bucket
-	for i, name := range allBuckets {
-		bs[i] = tx.Bucket(name)
-	}
-	for _, o := range w.ops {
-		var err error
-		if o.del {
-			err = bs[o.bucket].Delete(o.key)
-		} else {
-			err = bs[o.bucket].Put(o.key, o.val)
-		}
+func deleteAll(errs ...error) error {
+	for _, err := range errs {
 		if err != nil {
-			return fmt.Errorf("%s %x: %w", allBuckets[o.bucket], o.key, err)
-		}
-	}
-	v := newTxView(tx)
-	if w.outSeq > v.outbox.Sequence() {
-		if err := v.outbox.SetSequence(w.outSeq); err != nil {
 			return err
 		}
 	}
-	if err := v.ackOutbox(w.acks); err != nil {
-		return err
+	return nil
+}
+
+// putOutbox adds a message under the next outbox key, or replaces the one with its id.
+func (v *txView) putOutbox(m events.Outbound) error {
+	k := v.outboxIDs.Get([]byte(m.ID))
+	if k == nil {
+		seq, err := v.outbox.NextSequence()
+		if err != nil {
+			return err
+		}
+		k = seqKey(seq)
+		if err := v.outboxIDs.Put([]byte(m.ID), k); err != nil {
+			return err
+		}
+	} else {
+		k = append([]byte(nil), k...)
 	}
-	return v.pruneJournal(retention, pruneLimit)
+	return v.outbox.Put(k, encodeOutbound(m))
 }
 
 // ackOutbox removes confirmed messages; unknown ids are ignored (already acked).

@@ -101,7 +101,7 @@ func buildBig(b *testing.B, dir string, n, perPool int) {
 		b.Fatal(err)
 	}
 	defer s.Close()
-	c := NewCommitterWith(s, (&pool.Core{}).Step, CommitterOptions{MaxBatch: 4096})
+	c := newCommitter(s, (&pool.Core{}).Step)
 	for p := 0; p*perPool < n; p++ {
 		in := regInput(fmt.Sprintf("reg-%d", p), bigPool(p*perPool, perPool))
 		in.Event.Register.Policy = events.Policy{Target: new(100), LowWatermark: new(20), HardCap: new(2 * perPool), ExpiryMargin: new(events.Duration(bigMargin))}
@@ -239,7 +239,7 @@ func tick(b *testing.B, dir string, due int) time.Duration {
 	at := time.Unix(bigNotAfter(last), 0).UTC().Add(-bigMargin)
 	s := openReady(b, dir)
 	defer s.Close()
-	c := NewCommitter(s, (&pool.Core{}).Step)
+	c := newCommitter(s, (&pool.Core{}).Step)
 	defer c.Close()
 	start := time.Now()
 	res, err := c.Submit(context.Background(), Input{Event: evTick(fmt.Sprintf("tick-%d", k), at)})

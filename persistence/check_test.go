@@ -19,7 +19,7 @@ func coreDB(t *testing.T) *Store {
 	t.Helper()
 	db, key := testPaths(t)
 	s := mustOpen(t, db, key)
-	c := NewCommitter(s, (&pool.Core{}).Step)
+	c := newCommitter(s, (&pool.Core{}).Step)
 	defer c.Close()
 	for _, p := range []string{"p1", "p2"} {
 		submitOK(t, c, regInput("r-"+p, p))
@@ -103,7 +103,7 @@ func TestCompactDropsErasedCiphertext(t *testing.T) {
 	// Seal a bundle, remember its ciphertext, then take the KeyPackage: the erase
 	// removes the ciphertext from the live records, but the page that held it is only
 	// freed, and its bytes stay in the file until bbolt reuses it.
-	c := NewCommitter(s, (&pool.Core{}).Step)
+	c := newCommitter(s, (&pool.Core{}).Step)
 	ref := refOf(500)
 	submitOK(t, c, genInput("g500", "p1", ref, t0.Add(4*time.Minute)))
 	sealed := []byte(dump(t, s)["secrets"][ref])

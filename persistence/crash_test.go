@@ -2,7 +2,6 @@ package persistence
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -31,7 +29,7 @@ const (
 	crashInputs   = 3000
 	crashKills    = 120
 	crashPools    = 16
-	crashWorkers  = 8
+	crashGroup    = 64 // inputs per transaction at most
 )
 
 // crashStream is input i of a deterministic stream: pools registered first, then
@@ -90,7 +88,7 @@ func crashChild(dir string) int {
 	for _, p := range storeProblems(s) {
 		say("bad %s", p)
 	}
-	c := NewCommitter(s, (&pool.Core{}).Step)
+	c := newCommitter(s, (&pool.Core{}).Step) // holds the acks of the relay below
 	// Start-up: publish what the previous run left in the outbox, same ids.
 	publish := func() int {
 		var ids []string
@@ -125,34 +123,57 @@ func crashChild(dir string) int {
 			publish()
 		}
 	}()
-	var wg sync.WaitGroup
-	for range crashWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range todo {
-				res, err := c.Submit(context.Background(), stream[i])
-				switch {
-				case err != nil:
-					say("err %d %v", i, err)
-				case res.Err != nil:
-					var rej *pool.RejectError
-					code := "other"
-					if errors.As(res.Err, &rej) {
-						code = rej.Code
-					}
-					say("rej %d %s", i, code)
-				default:
-					say("ok %d %d %t", i, res.Ready.Seq, res.Ready.Duplicate)
+	// The writer: groups of queued inputs share one transaction, as in the worker; the
+	// outcomes are printed after the commit, so a kill can land between the two.
+	step := (&pool.Core{}).Step
+	for i := range todo {
+		group := []int{i}
+	more:
+		for len(group) < crashGroup {
+			select {
+			case j, ok := <-todo:
+				if !ok {
+					break more
 				}
-				select {
-				case kick <- struct{}{}:
-				default:
-				}
+				group = append(group, j)
+			default:
+				break more
 			}
-		}()
+		}
+		b, err := s.Begin(false)
+		if err != nil {
+			say("fatal begin: %v", err)
+			return 1
+		}
+		results := make([]Result, len(group))
+		for k, j := range group {
+			if results[k], err = b.Apply(step, stream[j]); err != nil {
+				say("fatal apply %d: %v", j, err)
+				return 1
+			}
+		}
+		if err := errors.Join(b.AckOutbox(c.takeAcks()), b.Commit()); err != nil {
+			say("fatal commit: %v", err)
+			return 1
+		}
+		for k, j := range group {
+			res := results[k]
+			if res.Err != nil {
+				var rej *pool.RejectError
+				code := "other"
+				if errors.As(res.Err, &rej) {
+					code = rej.Code
+				}
+				say("rej %d %s", j, code)
+			} else {
+				say("ok %d %d %t", j, res.Ready.Seq, res.Ready.Duplicate)
+			}
+		}
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
 	}
-	wg.Wait()
 	close(kick)
 	<-pubDone
 	publish()

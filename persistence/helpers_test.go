@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -65,7 +66,66 @@ func regInput(id, p string) Input {
 	return Input{Event: evReg(id, p), Secrets: map[string][]byte{PoolSecretID(p): secretOf(PoolSecretID(p))}}
 }
 
-func submit(t testing.TB, c *Committer, in Input) Result {
+// committer applies each input in a batch of its own, the way the worker's writer
+// does with a group of one; acks are folded into the next batch.
+type committer struct {
+	s    *Store
+	step StepFunc
+	mu   sync.Mutex
+	acks []string
+}
+
+func newCommitter(s *Store, step StepFunc) *committer { return &committer{s: s, step: step} }
+
+func (c *committer) Submit(_ context.Context, in Input) (Result, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b, err := c.s.Begin(false)
+	if err != nil {
+		return Result{}, err
+	}
+	res, err := b.Apply(c.step, in)
+	if err == nil {
+		err = b.AckOutbox(c.acks)
+	}
+	if err != nil {
+		b.Rollback()
+		return Result{}, err
+	}
+	if err := b.Commit(); err != nil {
+		return Result{}, err
+	}
+	c.acks = nil
+	return res, nil
+}
+
+func (c *committer) Ack(ids ...string) {
+	c.mu.Lock()
+	c.acks = append(c.acks, ids...)
+	c.mu.Unlock()
+}
+
+func (c *committer) takeAcks() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a := c.acks
+	c.acks = nil
+	return a
+}
+
+// Close writes the acks still pending.
+func (c *committer) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.acks) == 0 {
+		return nil
+	}
+	err := c.s.AckOutbox(c.acks...)
+	c.acks = nil
+	return err
+}
+
+func submit(t testing.TB, c *committer, in Input) Result {
 	t.Helper()
 	res, err := c.Submit(context.Background(), in)
 	if err != nil {
@@ -74,7 +134,7 @@ func submit(t testing.TB, c *Committer, in Input) Result {
 	return res
 }
 
-func submitOK(t testing.TB, c *Committer, in Input) Result {
+func submitOK(t testing.TB, c *committer, in Input) Result {
 	t.Helper()
 	res := submit(t, c, in)
 	if res.Err != nil {

@@ -19,7 +19,7 @@ func populated(t *testing.T) (db, key string) {
 	t.Helper()
 	db, key = testPaths(t)
 	s := mustOpen(t, db, key)
-	c := NewCommitter(s, fakeStep)
+	c := newCommitter(s, fakeStep)
 	submitOK(t, c, regInput("r1", "p1"))
 	submitOK(t, c, genInput("g1", "p1", refOf(1), t0))
 	c.Close()
@@ -142,7 +142,7 @@ func TestCorruptedCiphertext(t *testing.T) {
 		t.Fatalf("undamaged secret: %v", err)
 	}
 	// A take of the damaged bundle is refused and changes nothing.
-	c := NewCommitter(s, fakeStep)
+	c := newCommitter(s, fakeStep)
 	defer c.Close()
 	submitOK(t, c, Input{Event: evRef("a1", "upload_ack", "p1", refOf(1), t0)})
 	before := dump(t, s)
@@ -237,7 +237,7 @@ func TestReadOnlyWithoutKey(t *testing.T) {
 func TestPlaintextNeverInFile(t *testing.T) {
 	db, key := testPaths(t)
 	s := mustOpen(t, db, key)
-	c := NewCommitter(s, fakeStep)
+	c := newCommitter(s, fakeStep)
 	submitOK(t, c, regInput("r1", "p1"))
 	var known [][]byte
 	for i := range 50 {

@@ -152,3 +152,12 @@ func (s *Store) secretFrom(sealed []byte, id string) ([]byte, error) {
 	}
 	return plain, nil
 }
+
+// InputSeq is the stream sequence of the last input the writer applied (0: none yet).
+func (s *Store) InputSeq() (seq uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		seq = seqOf(tx.Bucket(bMeta).Get(kInputSeq))
+		return nil
+	})
+	return seq, err
+}

@@ -16,7 +16,7 @@ import (
 
 // scenario drives every record type through the committer and returns the model of
 // what must be stored.
-func scenario(t *testing.T, c *Committer) *model {
+func scenario(t *testing.T, c *committer) *model {
 	t.Helper()
 	m := newModel()
 	run := func(in Input) Result {
@@ -178,7 +178,7 @@ func checkAgainstModel(t *testing.T, s *Store, m *model) {
 func TestRoundTripEveryRecordType(t *testing.T) {
 	db, key := testPaths(t)
 	s := mustOpen(t, db, key)
-	c := NewCommitter(s, fakeStep)
+	c := newCommitter(s, fakeStep)
 	m := scenario(t, c)
 	// The scenario must have produced every kind of change, or this test proves little.
 	_, kept0 := m.kps[refOf(0)]
@@ -208,7 +208,7 @@ func TestDuplicateWritesNothing(t *testing.T) {
 	db, key := testPaths(t)
 	s := mustOpen(t, db, key)
 	defer s.Close()
-	c := NewCommitter(s, fakeStep)
+	c := newCommitter(s, fakeStep)
 	defer c.Close()
 	submitOK(t, c, regInput("r1", "p1"))
 	in := genInput("g1", "p1", refOf(1), t0)
@@ -231,7 +231,7 @@ func TestRejectedStepWritesNothing(t *testing.T) {
 	db, key := testPaths(t)
 	s := mustOpen(t, db, key)
 	defer s.Close()
-	c := NewCommitter(s, fakeStep)
+	c := newCommitter(s, fakeStep)
 	defer c.Close()
 	submitOK(t, c, regInput("r1", "p1"))
 	before := dump(t, s)
@@ -249,7 +249,7 @@ func TestMissingSecretRefused(t *testing.T) {
 	db, key := testPaths(t)
 	s := mustOpen(t, db, key)
 	defer s.Close()
-	c := NewCommitter(s, fakeStep)
+	c := newCommitter(s, fakeStep)
 	defer c.Close()
 	submitOK(t, c, regInput("r1", "p1"))
 	before := dump(t, s)
@@ -272,7 +272,7 @@ func TestJournalOrderAndRange(t *testing.T) {
 	db, key := testPaths(t)
 	s := mustOpen(t, db, key)
 	defer s.Close()
-	c := NewCommitter(s, fakeStep)
+	c := newCommitter(s, fakeStep)
 	defer c.Close()
 	submitOK(t, c, regInput("r1", "p1"))
 	for i := range 20 {

@@ -28,14 +28,15 @@ var (
 	bOutboxIDs = []byte("outbox_ids")  // outbound id → outbox key
 )
 
-// allBuckets, in the order of the i* constants (apply.go).
-var allBuckets = [nBuckets][]byte{bMeta, bPools, bKPs, bPoolKPs, bExpiry, bSecrets, bSeen, bJournal, bOutbox, bOutboxIDs}
+// allBuckets are created when a database is initialised.
+var allBuckets = [][]byte{bMeta, bPools, bKPs, bPoolKPs, bExpiry, bSecrets, bSeen, bJournal, bOutbox, bOutboxIDs}
 
 // Keys of the meta bucket.
 var (
 	kSchema   = []byte("schema")    // 4-byte big-endian version
 	kKeyCheck = []byte("key_check") // keyCheckPlain sealed under the master key
 	kApplied  = []byte("applied")   // JSON pool.Meta
+	kInputSeq = []byte("input_seq") // 8-byte stream sequence of the last applied input
 )
 
 // migrations[v] upgrades a database from schema v to v+1 inside one write

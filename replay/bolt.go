@@ -2,7 +2,6 @@ package replay
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -36,13 +35,21 @@ type BoltOptions struct {
 	JournalRetention time.Duration
 }
 
-// BoltTarget replays into a bbolt database through the persistence committer, exactly
-// as the live worker commits. A database that already holds a prefix of the log is
-// resumed (see Run). Meta, Pools and KeyPackages (a Source) come from StoreSource.
+// BoltTarget replays into a bbolt database through persistence batches, exactly as the
+// live worker's writer applies inputs: each input is stepped on the open transaction and
+// recorded in it, and a group of inputs commits together. A database that already holds
+// a prefix of the log is resumed (see Run). Meta, Pools and KeyPackages (a Source) come
+// from StoreSource.
 type BoltTarget struct {
 	StoreSource
-	c *persistence.Committer
+	step  persistence.StepFunc
+	batch *persistence.Batch // open, or nil
+	gen   uint64             // number of the open (or next) batch
+	fail  error              // a commit failed: every later wait reports it
 }
+
+// replayGroup is the number of inputs committed together.
+const replayGroup = 1024
 
 // OpenBolt opens (or creates) DIR/kpool.db as a replay target.
 func OpenBolt(dir string, core *pool.Core, o BoltOptions) (*BoltTarget, error) {
@@ -56,49 +63,67 @@ func OpenBolt(dir string, core *pool.Core, o BoltOptions) (*BoltTarget, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The log holds public data only, so replayed KeyPackages have no private keys.
-	c := persistence.NewCommitterWith(st, core.Step, persistence.CommitterOptions{AllowMissingSecrets: true})
-	return &BoltTarget{StoreSource: StoreSource{Store: st}, c: c}, nil
+	return &BoltTarget{StoreSource: StoreSource{Store: st}, step: core.Step}, nil
 }
 
-// Step commits one input and waits for its transaction.
+// Step applies one input and commits it.
 func (b *BoltTarget) Step(ctx context.Context, ev events.Event) (pool.Ready, error, error) {
-	res, err := b.c.Submit(ctx, persistence.Input{Event: ev})
-	return classify(res, err)
-}
-
-// StepAsync queues one input; the committer groups queued inputs into shared
-// transactions, in order.
-func (b *BoltTarget) StepAsync(ctx context.Context, ev events.Event) (func() (pool.Ready, error, error), error) {
-	p, err := b.c.SubmitAsync(ctx, persistence.Input{Event: ev})
-	if err != nil {
-		return nil, err
-	}
-	return func() (pool.Ready, error, error) { return classify(p.Wait(ctx)) }, nil
-}
-
-// classify splits a committer result into the core's (or store's) refusal of the input
-// and a failure that must stop the replay.
-func classify(res persistence.Result, err error) (pool.Ready, error, error) {
+	wait, err := b.StepAsync(ctx, ev)
 	if err != nil {
 		return pool.Ready{}, nil, err
 	}
-	if res.Err != nil {
-		if !errors.Is(res.Err, pool.ErrRejected) && !isInputError(res.Err) {
-			return pool.Ready{}, nil, res.Err // a core failure, not a refusal of this input
-		}
-		return pool.Ready{}, res.Err, nil
-	}
-	return res.Ready, nil, nil
+	return wait()
 }
 
-func isInputError(err error) bool {
-	var ie *persistence.InputError
-	return errors.As(err, &ie)
+// StepAsync applies one input in the open batch; wait commits the batch if it is still
+// open and returns the input's outcome. The log holds public data only, so replayed
+// KeyPackages have no private keys.
+func (b *BoltTarget) StepAsync(_ context.Context, ev events.Event) (func() (pool.Ready, error, error), error) {
+	if b.fail != nil {
+		return nil, b.fail
+	}
+	if b.batch == nil {
+		batch, err := b.Store.Begin(true)
+		if err != nil {
+			return nil, err
+		}
+		b.batch = batch
+	}
+	res, err := b.batch.Apply(b.step, persistence.Input{Event: ev})
+	if err != nil {
+		b.batch.Rollback()
+		b.batch = nil
+		b.fail = err
+		return nil, err
+	}
+	gen := b.gen
+	if b.batch.Inputs() >= replayGroup {
+		b.commit()
+	}
+	return func() (pool.Ready, error, error) {
+		if gen == b.gen && b.batch != nil {
+			b.commit()
+		}
+		if b.fail != nil {
+			return pool.Ready{}, nil, b.fail
+		}
+		return res.Ready, res.Err, nil
+	}, nil
+}
+
+func (b *BoltTarget) commit() {
+	if err := b.batch.Commit(); err != nil && b.fail == nil {
+		b.fail = err
+	}
+	b.batch = nil
+	b.gen++
 }
 
 // JournalEntry reads one journaled input.
 func (b *BoltTarget) JournalEntry(seq uint64) (events.Event, bool, error) {
+	if b.batch != nil {
+		b.commit()
+	}
 	var out events.Event
 	found := false
 	err := b.Store.Journal(seq, seq, func(s uint64, ev events.Event) error {
@@ -108,13 +133,15 @@ func (b *BoltTarget) JournalEntry(seq uint64) (events.Event, bool, error) {
 	return out, found, err
 }
 
-// Close stops the committer and closes the database.
+// Close commits what is open and closes the database.
 func (b *BoltTarget) Close() error {
-	cerr := b.c.Close()
+	if b.batch != nil {
+		b.commit()
+	}
 	if err := b.Store.Close(); err != nil {
 		return err
 	}
-	return cerr
+	return b.fail
 }
 
 // StoreSource is a Source over a database (read-only is fine): what --verify dumps,

@@ -27,11 +27,17 @@ func openStore(t *testing.T, dir string, o persistence.Options) *persistence.Sto
 
 func submit(t *testing.T, st *persistence.Store, step persistence.StepFunc, ev events.Event) {
 	t.Helper()
-	c := persistence.NewCommitterWith(st, step, persistence.CommitterOptions{AllowMissingSecrets: true})
-	defer c.Close()
-	res, err := c.Submit(context.Background(), persistence.Input{Event: ev})
+	b, err := st.Begin(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := b.Apply(step, persistence.Input{Event: ev})
 	if err != nil || res.Err != nil {
+		b.Rollback()
 		t.Fatal(err, res.Err)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
 	}
 }
 

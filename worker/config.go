@@ -6,6 +6,7 @@
 package worker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -52,15 +53,15 @@ type Config struct {
 	// (default 5m): the core's clock only moves forward, so one bad timestamp would
 	// otherwise expire every pool at once.
 	MaxSkew time.Duration
-	// Durable is the JetStream consumer name (default "<prefix>-worker").
-	Durable string
 	// MetricsAddr serves Prometheus metrics at http://MetricsAddr/metrics when set.
 	MetricsAddr string
-	// Batch is how many inbound messages one pull takes (default 64).
+	// Batch is the largest group of inputs the writer applies in one transaction, and
+	// how many messages the reader fetches ahead (default 512).
 	Batch int
-	// AckWait is how long JetStream waits for an ack before redelivering (default 30s).
-	// Messages that were in flight to the worker when it stopped come back after it.
-	AckWait time.Duration
+	// MaxInternalFailures is how many consecutive internal failures (store, view,
+	// invariant, bug — never a verdict on the input) make the worker report not ready
+	// (default 5). It keeps retrying the same input with backoff and never skips it.
+	MaxInternalFailures int
 
 	// Logger receives structured logs (default: discard).
 	Logger *slog.Logger
@@ -76,6 +77,10 @@ type Config struct {
 	// than this is no longer recognised as a duplicate; `replay --verify` and `log
 	// export` see only what is kept.
 	JournalRetention time.Duration
+
+	// stepHook runs before each step (tests: export_test.go); an error is an internal
+	// failure of that input, as a failing store or view would be.
+	stepHook func(context.Context, events.Event) error
 }
 
 // ErrConfig marks an invalid worker configuration.
@@ -110,14 +115,11 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxSkew <= 0 {
 		c.MaxSkew = 5 * time.Minute
 	}
-	if c.Durable == "" {
-		c.Durable = StreamSafe(c.Prefix) + "-worker"
-	}
 	if c.Batch <= 0 {
-		c.Batch = 64
+		c.Batch = 512
 	}
-	if c.AckWait <= 0 {
-		c.AckWait = 30 * time.Second
+	if c.MaxInternalFailures <= 0 {
+		c.MaxInternalFailures = 5
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

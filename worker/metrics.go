@@ -17,26 +17,29 @@ import (
 // metrics are the worker's Prometheus series, on a registry of its own so several
 // workers can run in one process (tests).
 type metrics struct {
-	reg             *prometheus.Registry
-	events          *prometheus.CounterVec
-	deadLetters     *prometheus.CounterVec
-	duplicates      prometheus.Counter
-	stepSeconds     prometheus.Histogram
-	generated       *prometheus.CounterVec
-	generatePending *prometheus.GaugeVec
-	relayed         *prometheus.CounterVec
-	outboxPending   prometheus.Gauge
-	ticks           prometheus.Counter
-	api             *prometheus.CounterVec
-	poolCount       *prometheus.GaugeVec
-	poolFresh       *prometheus.GaugeVec
+	reg              *prometheus.Registry
+	events           *prometheus.CounterVec
+	deadLetters      *prometheus.CounterVec
+	duplicates       prometheus.Counter
+	stepSeconds      prometheus.Histogram
+	generated        *prometheus.CounterVec
+	generatePending  *prometheus.GaugeVec
+	relayed          *prometheus.CounterVec
+	outboxPending    prometheus.Gauge
+	ticks            prometheus.Counter
+	api              *prometheus.CounterVec
+	poolCount        *prometheus.GaugeVec
+	poolFresh        *prometheus.GaugeVec
+	internalFailures prometheus.Counter
+	inputGaps        prometheus.Counter
+	ready            prometheus.GaugeFunc
 }
 
-func newMetrics() *metrics {
+func newMetrics(ready func() bool) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kpool_events_total",
-			Help: "Inbound events by type and result (applied, duplicate, retry)."}, []string{"type", "result"}),
+			Help: "Inputs by type and result (applied, duplicate, refused)."}, []string{"type", "result"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kpool_dead_letters_total",
 			Help: "Rejected inbound messages by code."}, []string{"code"}),
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "kpool_duplicates_total",
@@ -59,9 +62,20 @@ func newMetrics() *metrics {
 			Help: "KeyPackages per pool and state, from the last published status."}, []string{"pool", "state"}),
 		poolFresh: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kpool_pool_available_fresh",
 			Help: "Available KeyPackages still valid at now + expiry margin, from the last published status."}, []string{"pool"}),
+		internalFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "kpool_internal_failures_total",
+			Help: "Input groups that failed inside the worker (store, view, invariant, bug); retried, never dead-lettered."}),
+		inputGaps: prometheus.NewCounter(prometheus.CounterOpts{Name: "kpool_input_gap_messages_total",
+			Help: "Inputs that left the stream (age or purge) before the worker applied them."}),
+		ready: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kpool_ready",
+			Help: "1 while the worker applies inputs, 0 after repeated internal failures."}, func() float64 {
+			if ready() {
+				return 1
+			}
+			return 0
+		}),
 	}
 	m.reg.MustRegister(m.events, m.deadLetters, m.duplicates, m.stepSeconds, m.generated, m.generatePending,
-		m.relayed, m.outboxPending, m.ticks, m.api, m.poolCount, m.poolFresh,
+		m.relayed, m.outboxPending, m.ticks, m.api, m.poolCount, m.poolFresh, m.internalFailures, m.inputGaps, m.ready,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -97,6 +111,13 @@ func (w *Worker) serveMetrics(addr string) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(w.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/readyz", func(rw http.ResponseWriter, _ *http.Request) {
+		if !w.Ready() {
+			http.Error(rw, "not ready: inputs keep failing inside the worker (see the log)", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(rw, "ready")
+	})
 	w.httpSrv = &http.Server{Addr: ln.Addr().String(), Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := w.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

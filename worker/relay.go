@@ -2,13 +2,11 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/events/natsbus"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // relayBatch bounds how many outbox messages one pass holds in memory.
@@ -33,6 +31,7 @@ func (w *Worker) relayLoop() {
 			return
 		case <-w.relayKick:
 		case <-t.C:
+			w.flushAcks()
 		}
 		ctx, cancel := context.WithTimeout(w.ctx, 10*time.Second)
 		if err := w.relayOnce(ctx); err != nil && w.ctx.Err() == nil {
@@ -44,8 +43,9 @@ func (w *Worker) relayLoop() {
 
 // relayOnce publishes every pending outbox message, oldest first. Each carries
 // Nats-Msg-Id = its outbox id, so publishing it again after a crash is deduplicated by
-// the stream. Published ids are removed from the outbox in the committer's next
-// transaction (no fsync of their own); until then w.sent keeps them from going out twice.
+// the stream. Published ids are removed from the outbox in the writer's next
+// transaction (no fsync of their own; flushAcks writes them when the writer is idle);
+// until then w.sent keeps them from going out twice.
 func (w *Worker) relayOnce(ctx context.Context) error {
 	w.relayMu.Lock()
 	defer w.relayMu.Unlock()
@@ -95,7 +95,7 @@ func (w *Worker) relayOnce(ctx context.Context) error {
 			}
 		}
 		if len(done) > 0 {
-			w.committer.Ack(done...)
+			w.ackOutbox(done)
 		}
 		if pubErr != nil {
 			w.metrics.outboxPending.Set(float64(len(batch) - len(done)))
@@ -108,22 +108,19 @@ func (w *Worker) relayOnce(ctx context.Context) error {
 	}
 }
 
+// flushAcks writes the outbox removals the writer has not taken in a transaction of
+// their own: on an idle worker, at most one extra commit per relay period.
+func (w *Worker) flushAcks() {
+	if acks := w.takeAcks(); len(acks) > 0 {
+		if err := w.store.AckOutbox(acks...); err != nil {
+			w.returnAcks(acks)
+			w.log.Warn("removing published outbox messages failed; retrying", "err", err)
+		}
+	}
+}
+
 type sentinel string
 
 func (s sentinel) Error() string { return string(s) }
 
 const errBatchFull = sentinel("batch full")
-
-// publishJSON publishes a message that is not a state change (refused transitions):
-// best effort, deduplicated by id.
-func (w *Worker) publishJSON(k events.Kind, poolID, id string, v any) {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := w.js.Publish(ctx, w.subj.Outbound(k, poolID), data, jetstream.WithMsgID(id)); err != nil {
-		w.log.Warn("publish failed", "subject", w.subj.Outbound(k, poolID), "err", err)
-	}
-}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -36,6 +37,21 @@ func counter(t *testing.T, w *worker.Worker, name string) float64 {
 		}
 	}
 	return sum
+}
+
+// journaled counts the applied inputs with this event id.
+func journaled(t *testing.T, w *worker.Worker, id string) int {
+	t.Helper()
+	n := 0
+	if err := w.Store().Journal(0, 0, func(_ uint64, ev events.Event) error {
+		if ev.ID == id {
+			n++
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func metricValue(m *dto.Metric) float64 {
@@ -244,15 +260,24 @@ func TestStartFailureCleansUp(t *testing.T) {
 	}
 }
 
-// TestGracefulShutdownMidStream: Close while events stream in finishes what it pulled;
-// everything else stays in the stream (or, if it was in flight to the worker, comes back
-// after the ack wait) and is applied after a restart, exactly once.
+// TestGracefulShutdownMidStream: Close while inputs stream in commits the group in hand
+// and stops; the rest stays in the stream and is applied after a restart, exactly once.
+// The writer is held on the 10th input of the burst until Close begins, so the test
+// always lands mid-stream.
 func TestGracefulShutdownMidStream(t *testing.T) {
 	ns := startNATS(t)
 	clock := newClock()
 	dir := t.TempDir()
-	shortAck := func(c *worker.Config) { c.AckWait = time.Second }
-	w := startWorker(t, ns.URL(), dir, clock, shortAck)
+	held := make(chan struct{})
+	var once sync.Once
+	hold := worker.WithStepHook(func(ctx context.Context, ev events.Event) error {
+		if ev.ID == "burst-10" {
+			once.Do(func() { close(held); <-ctx.Done() })
+		}
+		return nil
+	})
+	small := func(c *worker.Config) { c.Batch = 8 }
+	w := startWorker(t, ns.URL(), dir, clock, hold, small)
 	nc, c := connect(t, ns.URL())
 	js, _ := jetstream.New(nc)
 	if _, err := c.Register(ctx(t), "alice", natsbus.RegisterRequest{Identity: "alice", CipherSuite: 1}, nil); err != nil {
@@ -266,11 +291,16 @@ func TestGracefulShutdownMidStream(t *testing.T) {
 	const n = 300
 	for i := range n {
 		ev := events.Event{ID: "burst-" + strconv.Itoa(i), Type: events.TypeExpiryTick, Time: clock.Now(), Pool: "alice"}
-		if _, err := js.PublishAsync(w.Subjects().Event("alice", events.TypeExpiryTick), mustJSON(ev), jetstream.WithMsgID(ev.ID)); err != nil {
+		if _, err := js.PublishAsync(w.Subjects().Event("alice", events.TypeExpiryTick), mustJSON(ev), jetstream.WithMsgID(ev.MsgID())); err != nil {
 			t.Fatal(err)
 		}
 	}
 	<-js.PublishAsyncComplete()
+	select {
+	case <-held:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the writer never reached the 10th input of the burst")
+	}
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -280,11 +310,10 @@ func TestGracefulShutdownMidStream(t *testing.T) {
 	}
 	mClosed, _ := ro.Meta()
 	ro.Close()
-	t.Logf("applied before Close: %d of %d", mClosed.Seq-m0.Seq, n)
-	if mClosed.Seq == m0.Seq+n {
-		t.Log("the whole burst was applied before Close; the restart half of this test is vacuous this run")
+	if got := mClosed.Seq - m0.Seq; got < 10 || got >= n {
+		t.Fatalf("applied %d of %d before Close; want the group holding the 10th and no more than part of the burst", got, n)
 	}
-	w = startWorker(t, ns.URL(), dir, clock, shortAck)
+	w = startWorker(t, ns.URL(), dir, clock)
 	eventually(t, 20*time.Second, "every event applied after the restart", func() bool {
 		m, _ := w.Store().Meta()
 		return m.Seq == m0.Seq+n
@@ -294,9 +323,10 @@ func TestGracefulShutdownMidStream(t *testing.T) {
 	}
 }
 
-// TestConsumerDeletedIsRecreated: an operator deleting the durable consumer does not stop
-// the worker; it re-creates it, re-reads the stream and applies nothing twice.
-func TestConsumerDeletedIsRecreated(t *testing.T) {
+// TestInputConsumerDeletedIsRecreated: an operator deleting the worker's (ephemeral,
+// ordered) consumer does not stop the worker; it re-creates it at the next sequence and
+// applies nothing twice.
+func TestInputConsumerDeletedIsRecreated(t *testing.T) {
 	ns := startNATS(t)
 	clock := newClock()
 	w := startWorker(t, ns.URL(), t.TempDir(), clock)
@@ -312,12 +342,29 @@ func TestConsumerDeletedIsRecreated(t *testing.T) {
 		}
 	}
 	tick("before")
-	eventually(t, 10*time.Second, "first tick applied", func() bool { return counter(t, w, "kpool_events_total") == 1 })
-	if err := js.DeleteConsumer(context.Background(), natsbus.StreamNames("kpool").Events, "kpool-worker"); err != nil {
+	eventually(t, 10*time.Second, "first tick applied", func() bool { return journaled(t, w, "before") == 1 })
+	stream, err := js.Stream(context.Background(), natsbus.StreamNames("kpool").Events)
+	if err != nil {
 		t.Fatal(err)
+	}
+	deleted := 0
+	for name := range stream.ListConsumers(context.Background()).Info() {
+		if err := stream.DeleteConsumer(context.Background(), name.Name); err != nil {
+			t.Fatal(err)
+		}
+		deleted++
+	}
+	if deleted == 0 {
+		t.Fatal("found no consumer to delete on the input stream")
 	}
 	tick("after")
 	eventually(t, 20*time.Second, "second tick applied after the consumer was re-created", func() bool {
-		return counter(t, w, "kpool_events_total") >= 2 && counter(t, w, "kpool_duplicates_total") == 1
+		return journaled(t, w, "after") == 1
 	})
+	if n := journaled(t, w, "before"); n != 1 {
+		t.Fatalf("first tick journaled %d times", n)
+	}
+	if d := counter(t, w, "kpool_duplicates_total"); d != 0 {
+		t.Fatalf("%v inputs applied twice", d)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kpool/kpool/events"
@@ -29,22 +30,31 @@ type Worker struct {
 	subj    events.Subjects
 	streams natsbus.Streams
 
-	ns        *server.Server // nil when using an external NATS
-	nc        *nats.Conn
-	js        jetstream.JetStream
-	cons      jetstream.Consumer
-	store     *persistence.Store
-	committer *persistence.Committer
-	core      *pool.Core
-	svc       micro.Service
-	metrics   *metrics
-	httpSrv   *http.Server
-	gen       *generator
+	ns      *server.Server // nil when using an external NATS
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	store   *persistence.Store
+	core    *pool.Core
+	step    persistence.StepFunc // the core's step (tests wrap it with faults)
+	svc     micro.Service
+	metrics *metrics
+	httpSrv *http.Server
+	gen     *generator
+
+	// the input sequence (writer.go)
+	inputs     chan inbound
+	nextSeq    atomic.Uint64 // stream sequence the reader expects next
+	appliedSeq atomic.Uint64 // stream sequence of the last committed input
+	pending    pendingCalls
+	failures   int // consecutive internal failures (writer goroutine only)
+	ready      atomic.Bool
 
 	ncClosed  chan struct{}
 	relayMu   sync.Mutex
 	sent      map[string]bool // published outbox ids whose removal is not yet committed
 	relayKick chan struct{}
+	ackMu     sync.Mutex
+	acks      []string   // published outbox ids, removed in the writer's next transaction
 	regMu     sync.Mutex // serializes pool registration (key generation + first commit)
 
 	ctx     context.Context // cancelled by Close: stop taking new work
@@ -79,8 +89,19 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		ncClosed:  make(chan struct{}),
 		sent:      map[string]bool{},
 		closed:    make(chan struct{}),
-		metrics:   newMetrics(),
+
+		inputs: make(chan inbound, cfg.Batch),
 	}
+	w.step = w.core.Step
+	if hook := cfg.stepHook; hook != nil {
+		w.step = func(v pool.View, ev events.Event) (pool.Ready, error) {
+			if err := hook(w.ctx, ev); err != nil {
+				return pool.Ready{}, err
+			}
+			return w.core.Step(v, ev)
+		}
+	}
+	w.metrics = newMetrics(w.Ready)
 	w.ctx, w.stop = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -92,16 +113,19 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
 	}
-	w.committer = persistence.NewCommitter(w.store, w.core.Step)
+	last, err := w.store.InputSeq()
+	if err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
+	}
+	w.nextSeq.Store(last + 1)
+	w.appliedSeq.Store(last)
+	w.ready.Store(true)
 
 	if err := w.connect(); err != nil {
 		return nil, err
 	}
 	if err := natsbus.EnsureStreams(ctx, w.js, w.subj, cfg.Streams); err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
-	}
-	if err := w.ensureConsumer(ctx); err != nil {
-		return nil, err
 	}
 	// What a crash left unpublished goes out first, with the same ids (deduplicated).
 	if err := w.relayOnce(ctx); err != nil {
@@ -119,8 +143,9 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 			return nil, err
 		}
 	}
-	w.loops.Add(3)
-	go w.consumeLoop()
+	w.loops.Add(4)
+	go w.readLoop()
+	go w.writeLoop()
 	go w.relayLoop()
 	go w.gen.loop()
 	if cfg.Tick > 0 {
@@ -134,24 +159,6 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	}
 	w.logPools()
 	return w, nil
-}
-
-// ensureConsumer creates (or updates) the durable pull consumer on the events stream.
-func (w *Worker) ensureConsumer(ctx context.Context) error {
-	cons, err := w.js.CreateOrUpdateConsumer(ctx, w.streams.Events, jetstream.ConsumerConfig{
-		Durable:       w.cfg.Durable,
-		Description:   "kpool worker",
-		FilterSubject: w.subj.Events(),
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       w.cfg.AckWait,
-		MaxAckPending: 4 * w.cfg.Batch,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
-	if err != nil {
-		return fmt.Errorf("worker: durable consumer %s: %w", w.cfg.Durable, err)
-	}
-	w.cons = cons
-	return nil
 }
 
 // connect starts the embedded server or dials NATSURL.
@@ -204,7 +211,7 @@ func (w *Worker) logPools() {
 		return
 	}
 	meta, _ := w.store.Meta()
-	w.log.Info("worker running", "prefix", w.cfg.Prefix, "pools", len(pools), "seq", meta.Seq, "core_time", meta.Time, "tick", w.cfg.Tick)
+	w.log.Info("worker running", "prefix", w.cfg.Prefix, "pools", len(pools), "seq", meta.Seq, "stream_seq", w.appliedSeq.Load(), "core_time", meta.Time, "tick", w.cfg.Tick)
 	for _, p := range pools {
 		w.log.Info("pool", "pool", p.ID, "identity", p.Identity, "cipher_suite", p.CipherSuite,
 			"created", p.Counts.Created, "available", p.Counts.Available, "claimed", p.Counts.Claimed,
@@ -227,8 +234,12 @@ func (w *Worker) Conn() *nats.Conn { return w.nc }
 // Store gives read access to the worker's store (tests, inspection).
 func (w *Worker) Store() *persistence.Store { return w.store }
 
-// Durable is the name of the worker's durable consumer on the events stream.
-func (w *Worker) Durable() string { return w.cfg.Durable }
+// AppliedSeq is the stream sequence of the last input the worker committed: every
+// message of the input stream up to it has been applied (or refused) exactly once.
+func (w *Worker) AppliedSeq() uint64 { return w.appliedSeq.Load() }
+
+// Ready is false while inputs keep failing inside the worker (see Config.MaxInternalFailures).
+func (w *Worker) Ready() bool { return w.ready.Load() }
 
 // Subjects are the worker's subjects.
 func (w *Worker) Subjects() events.Subjects { return w.subj }
@@ -262,10 +273,11 @@ func (w *Worker) shutdown() {
 			}
 			cancel()
 		}
-		if w.committer != nil {
-			errs = append(errs, w.committer.Close())
+		if w.store != nil {
+			if acks := w.takeAcks(); len(acks) > 0 {
+				errs = append(errs, w.store.AckOutbox(acks...))
+			}
 		}
-		w.log.Debug("shutdown: committer closed")
 		if w.httpSrv != nil {
 			errs = append(errs, w.httpSrv.Close())
 		}
@@ -301,30 +313,5 @@ func (w *Worker) sleepCtx(d time.Duration) bool {
 		return false
 	case <-t.C:
 		return true
-	}
-}
-
-// submit hands one input to the committer, bounded so a wedged store surfaces as an error.
-func (w *Worker) submit(in persistence.Input) (persistence.Result, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	res, err := w.committer.Submit(ctx, in)
-	if err == nil && res.Err == nil {
-		w.afterCommit(res.Ready)
-	}
-	return res, err
-}
-
-// afterCommit carries a committed step's effects out: generation requests and the outbox.
-func (w *Worker) afterCommit(r pool.Ready) {
-	if r.Duplicate {
-		w.metrics.duplicates.Inc()
-		return
-	}
-	for _, g := range r.Generate {
-		w.gen.enqueue(g)
-	}
-	if len(r.Outbox) > 0 {
-		w.kickRelay()
 	}
 }

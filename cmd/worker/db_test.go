@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
@@ -35,12 +34,19 @@ func dbFixture(t *testing.T, keyless bool) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := persistence.NewCommitterWith(s, (&pool.Core{}).Step, persistence.CommitterOptions{AllowMissingSecrets: keyless})
 	sub := func(in persistence.Input) {
 		t.Helper()
-		res, err := c.Submit(context.Background(), in)
+		b, err := s.Begin(keyless)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := b.Apply((&pool.Core{}).Step, in)
 		if err != nil || res.Err != nil {
+			b.Rollback()
 			t.Fatalf("%s: %v %v", in.Event.ID, err, res.Err)
+		}
+		if err := b.Commit(); err != nil {
+			t.Fatal(err)
 		}
 	}
 	sub(persistence.Input{Event: events.Event{ID: "reg", Type: events.TypePoolRegistered, Time: dbT0, Pool: "p1",
@@ -63,7 +69,6 @@ func dbFixture(t *testing.T, keyless bool) string {
 		sub(persistence.Input{Event: events.Event{ID: fmt.Sprintf("ack%d", i), Type: events.TypeUploadAck, Time: dbT0, Pool: "p1", Ref: dbRef(i)}})
 	}
 	sub(persistence.Input{Event: events.Event{ID: "take1", Type: events.TypeConsumed, Time: dbT0, Pool: "p1", Ref: dbRef(1)}, Reveal: dbRef(1)})
-	c.Close()
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -88,9 +88,11 @@ func exportJournal(dir string, w io.Writer, o replay.ExportOptions) (int, error)
 	return replay.Export(st, w, o)
 }
 
-// exportStream reads the inbound events stream with an ordered consumer. The stream holds
-// what other services published (and the worker's ticks), not the worker's own
-// `generated` and `pool_registered` inputs: only the journal replays exactly.
+// exportStream reads the events other services published (and the worker's ticks) from
+// the input stream with an ordered consumer. The worker's own inputs (API calls and
+// generated KeyPackages, under <prefix>.inputs.>) are left out: some of them are never
+// applied (a call abandoned by a restart), and only the journal, which holds exactly what
+// was applied, in the order applied, replays exactly.
 func exportStream(cf *connFlags, w io.Writer, from, to uint64, poolID string, stderr io.Writer) (int, error) {
 	nc, err := cf.connect("kpool log export")
 	if err != nil {
@@ -119,7 +121,7 @@ func exportStream(cf *connFlags, w io.Writer, from, to uint64, poolID string, st
 	if info.State.Msgs == 0 || (from != 0 && from > info.State.LastSeq) {
 		return 0, lw.Flush()
 	}
-	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, FilterSubjects: []string{subj.Events()}}
 	if from > 0 {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from
 	}

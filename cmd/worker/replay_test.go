@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -155,17 +156,22 @@ func TestLogExportStream(t *testing.T) {
 		t.Fatal(err, lr.Header())
 	}
 	var types []string
+	var seqs []uint64
 	for {
 		rec, err := lr.Next()
 		if err != nil {
 			break
 		}
 		types = append(types, string(rec.Event.Type))
+		seqs = append(seqs, rec.Seq)
 	}
 	if len(types) != 14 || types[0] != "upload_ack" || types[len(types)-1] != "expiry_tick" {
 		t.Fatalf("types %v", types)
 	}
-	code, _, errOut = runCLI(t, "", "log", "export", "--stream", "--nats-url", env.Worker.ClientURL(), "--from", "5", "--to", "6", "--out", out)
+	// The worker's own inputs sit between the events in the stream: a range of stream
+	// sequences holds only the events within it.
+	from, to := strconv.FormatUint(seqs[4], 10), strconv.FormatUint(seqs[5], 10)
+	code, _, errOut = runCLI(t, "", "log", "export", "--stream", "--nats-url", env.Worker.ClientURL(), "--from", from, "--to", to, "--out", out)
 	if code != 0 || !strings.Contains(errOut, "2 inputs written") {
 		t.Fatalf("range: exit %d %s", code, errOut)
 	}

@@ -71,8 +71,8 @@ func StreamConfigs(s events.Subjects, o StreamOptions) []jetstream.StreamConfig 
 	return []jetstream.StreamConfig{
 		{
 			Name:        n.Events,
-			Description: "kpool inbound events",
-			Subjects:    []string{s.Events()},
+			Description: "kpool inputs: inbound events and the worker's own inputs, in the order they are applied",
+			Subjects:    []string{s.Events(), s.Inputs()},
 			Storage:     jetstream.FileStorage,
 			Retention:   jetstream.LimitsPolicy,
 			MaxAge:      o.EventsMaxAge,
