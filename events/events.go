@@ -102,6 +102,18 @@ type Policy struct {
 	UploadTimeout      *Duration `json:"upload_timeout,omitempty"`
 	MaxUploadAttempts  *int      `json:"max_upload_attempts,omitempty"`
 	TombstoneRetention *Duration `json:"tombstone_retention,omitempty"`
+
+	// What the pool's KeyPackages advertise and carry (docs/mls.md); given, it replaces
+	// the capabilities in force as a whole. Nil on creation: the defaults.
+	Capabilities *Capabilities `json:"capabilities,omitempty"`
+	// LastResort false: the pool keeps no last-resort KeyPackage (docs/mls.md: Wire). Nil on creation: true.
+	LastResort *bool `json:"last_resort,omitempty"`
+	// X509Chain gives the pool an x509 credential instead of a basic one: DER
+	// certificates, leaf first, the leaf certifying the pool's signature key. A later
+	// register may replace the chain (renewal), not remove it.
+	X509Chain [][]byte `json:"x509_chain,omitempty"`
+	// X509TrustAnchors (DER), when given, must vouch for the chain at registration.
+	X509TrustAnchors [][]byte `json:"x509_trust_anchors,omitempty"`
 }
 
 // Merge returns p with every field that o gives replaced by o's value.
@@ -117,6 +129,14 @@ func (p Policy) Merge(o Policy) Policy {
 	pick(&p.UploadTimeout, o.UploadTimeout)
 	pick(&p.MaxUploadAttempts, o.MaxUploadAttempts)
 	pick(&p.TombstoneRetention, o.TombstoneRetention)
+	pick(&p.Capabilities, o.Capabilities)
+	pick(&p.LastResort, o.LastResort)
+	if o.X509Chain != nil {
+		p.X509Chain = o.X509Chain
+	}
+	if o.X509TrustAnchors != nil {
+		p.X509TrustAnchors = o.X509TrustAnchors
+	}
 	return p
 }
 

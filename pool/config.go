@@ -101,21 +101,21 @@ func (c Config) Validate() error {
 	if c.Lifetime <= 0 {
 		add("lifetime %s must be positive", human(c.Lifetime))
 	}
-	if c.NotBeforeBackdate < 0 {
-		add("not_before_backdate %s must not be negative", human(c.NotBeforeBackdate))
+	if c.NotBeforeBackdate < time.Second {
+		add("not_before_backdate %s must be at least 1s: OpenMLS refuses a KeyPackage at exactly not_before", human(c.NotBeforeBackdate))
 	}
 	if c.MaxLifetime < c.Lifetime+c.NotBeforeBackdate {
 		add("max_lifetime %s is shorter than lifetime %s + not_before_backdate %s: generated KeyPackages would be refused", human(c.MaxLifetime), human(c.Lifetime), human(c.NotBeforeBackdate))
 	}
-	if c.ExpiryMargin < 0 || 2*c.ExpiryMargin >= c.Lifetime {
-		add("expiry_margin %s must be at least 0 and less than half the lifetime %s (a KeyPackage must be fresh for a while)", human(c.ExpiryMargin), human(c.Lifetime))
+	if c.ExpiryMargin < time.Second || 2*c.ExpiryMargin >= c.Lifetime {
+		add("expiry_margin %s must be at least 1s (OpenMLS refuses a KeyPackage at not_after: kpool never offers one in its last second) and less than half the lifetime %s (a KeyPackage must be fresh for a while)", human(c.ExpiryMargin), human(c.Lifetime))
 	}
 	if c.DeleteGrace < 0 {
 		add("delete_grace %s must not be negative", human(c.DeleteGrace))
 	}
 	if c.UploadTimeout <= 0 {
 		add("upload_timeout %s must be positive", human(c.UploadTimeout))
-	} else if c.Lifetime > 0 && c.ExpiryMargin >= 0 && 2*c.ExpiryMargin < c.Lifetime && c.UploadTimeout >= c.Lifetime-2*c.ExpiryMargin {
+	} else if c.Lifetime > 0 && c.ExpiryMargin >= time.Second && 2*c.ExpiryMargin < c.Lifetime && c.UploadTimeout >= c.Lifetime-2*c.ExpiryMargin {
 		add("upload_timeout %s must be shorter than lifetime − 2×expiry_margin (%s)", human(c.UploadTimeout), human(c.Lifetime-2*c.ExpiryMargin))
 	}
 	if c.MaxUploadAttempts < 1 {

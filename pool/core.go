@@ -274,6 +274,9 @@ func (t *txn) generated() error {
 	requested := p.Requested
 	lrRequested := p.LastResortRequested
 	if g.LastResort {
+		if !lastResortOn(p) {
+			return reject(in, CodeInvalidInput, g.Ref, fmt.Sprintf("pool %s keeps no last-resort KeyPackage (policy last_resort: false)", p.ID), nil)
+		}
 		if p.LastResortPending != "" {
 			return reject(in, CodeConflict, g.Ref, fmt.Sprintf("pool %s already has last resort %s awaiting upload", p.ID, p.LastResortPending), nil)
 		}
@@ -319,6 +322,9 @@ func (c *Core) register(t *txn) error {
 	if err := cfg.Validate(); err != nil {
 		return reject(in, CodeInvalidConfig, "", err.Error(), err)
 	}
+	if err := checkProfile(policy, reg, t.now); err != nil {
+		return reject(in, CodeInvalidConfig, "", err.Error(), err)
+	}
 	if !ok {
 		t.addPool(Pool{ID: in.Pool, Identity: reg.Identity, CipherSuite: reg.CipherSuite,
 			SignatureKey: reg.SignatureKey, Policy: reg.Policy, Config: cfg, CreatedAt: t.now})
@@ -342,7 +348,7 @@ func (c *Core) register(t *txn) error {
 	}
 	p.Policy, p.Config = policy, cfg
 	// cancel requests that no longer fit; late `generated` inputs for them are refused
-	if live(p.Counts) >= cfg.HardCap {
+	if live(p.Counts) >= cfg.HardCap || !lastResortOn(p) {
 		p.LastResortRequested = false
 	}
 	p.Requested = max(0, min(p.Requested, cfg.HardCap-live(p.Counts)-b2i(p.LastResortRequested)))

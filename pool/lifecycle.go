@@ -145,17 +145,19 @@ func (t *txn) timer(p *Pool, k *KeyPackage) error {
 			k.UpdatedAt = t.now
 			return nil
 		}
-		notAfter := time.Unix(k.NotAfter, 0).UTC()
-		if k.Deadline.Before(notAfter) && t.isLast(p, k) {
+		// Held at most until its last second begins: OpenMLS refuses a KeyPackage at
+		// not_after, so one offered in that second may be refused by the group.
+		lastSecond := time.Unix(k.NotAfter-1, 0).UTC()
+		if k.Deadline.Before(lastSecond) && t.isLast(p, k) {
 			// never retire the last one before its replacement is acknowledged
-			k.Held, k.Deadline, k.UpdatedAt = true, notAfter, t.now
+			k.Held, k.Deadline, k.UpdatedAt = true, lastSecond, t.now
 			if !k.LastResort {
 				p.Held = k.Ref
 			}
 			return nil
 		}
 		if k.Held {
-			return t.expire(p, k, "held as the last available until not_after")
+			return t.expire(p, k, "held as the last available until the last second before not_after")
 		}
 		return t.expire(p, k, "reached not_after − expiry_margin")
 	case fsm.Claimed:

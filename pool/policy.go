@@ -24,7 +24,7 @@ func reserved(p *Pool) int { return live(p.Counts) + p.Requested + b2i(p.LastRes
 func regularAvailable(p *Pool) int { return p.Counts.Available - p.LastResortCounts.Available }
 
 func needLastResort(p *Pool) bool {
-	return (p.LastResort == "" || p.LastResortUsed || p.LastResortStale) &&
+	return lastResortOn(p) && (p.LastResort == "" || p.LastResortUsed || p.LastResortStale) &&
 		p.LastResortPending == "" && !p.LastResortRequested
 }
 

@@ -180,9 +180,10 @@ func (w *Worker) apiRegister(id string, data []byte) (any, error) {
 	}
 	created := !exists && !res.Ready.Duplicate
 	info := natsbus.PoolInfo{Pool: p.ID, Identity: p.Identity, CipherSuite: p.CipherSuite, SignatureKey: p.SignatureKey, Created: created,
-		Policy: p.Config.Policy(), Changed: []string{}}
+		Policy: pool.InForce(p), Changed: []string{}}
 	if exists {
 		info.Changed = append(info.Changed, pool.Changed(existing.Config, p.Config)...)
+		info.Changed = append(info.Changed, pool.ProfileChanged(existing, p)...)
 	}
 	if created {
 		info.SealedSignatureKey = sealed
@@ -261,8 +262,23 @@ func (w *Worker) apiGet(id string, data []byte) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return natsbus.KeyPackageInfo{Pool: kp.Pool, Ref: kp.Ref, State: string(kp.State), KeyPackage: kp.KeyPackage,
-		NotBefore: kp.NotBefore, NotAfter: kp.NotAfter, LastResort: kp.LastResort, Used: kp.Used, Attempt: kp.Attempt, Reason: kp.Reason}, nil
+	info := natsbus.KeyPackageInfo{Pool: kp.Pool, Ref: kp.Ref, State: string(kp.State), KeyPackage: kp.KeyPackage,
+		NotBefore: kp.NotBefore, NotAfter: kp.NotAfter, LastResort: kp.LastResort, Used: kp.Used, Attempt: kp.Attempt, Reason: kp.Reason}
+	if m, err := mls.DecodeMLSMessage(kp.KeyPackage); err == nil { // stored ones decode; a tombstone has no bytes
+		c := m.LeafNode.Capabilities
+		info.CredentialType = uint16(m.LeafNode.Credential.Type)
+		info.Capabilities = &natsbus.Capabilities{Versions: c.Versions, CipherSuites: u16s(c.CipherSuites),
+			Extensions: u16s(c.Extensions), Proposals: u16s(c.Proposals), Credentials: u16s(c.Credentials)}
+	}
+	return info, nil
+}
+
+func u16s[T ~uint16](l []T) []uint16 {
+	out := make([]uint16, len(l))
+	for i, v := range l {
+		out[i] = uint16(v)
+	}
+	return out
 }
 
 // apiTake consumes a KeyPackage and returns its private bundle sealed to recipient_key.

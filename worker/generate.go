@@ -167,13 +167,12 @@ func (g *generator) mintOne(p pool.Pool, lastResort bool, signers map[string]mls
 	}
 	now := meta.Time
 	notBefore, notAfter := now.Add(-p.Config.NotBeforeBackdate).Unix(), now.Add(p.Config.Lifetime).Unix()
-	kp, bundle, err := mls.Generate(suite, signer, []byte(p.Identity), mls.GenerateOptions{
-		NotBefore:  uint64(notBefore),
-		NotAfter:   uint64(notAfter),
-		Now:        now,
-		LastResort: lastResort,
-		Rand:       w.cfg.Rand,
-	})
+	opts, err := pool.KeyPackageOptions(p) // capabilities, credential, extensions: the policy as it is now
+	if err != nil {
+		return &permanentError{fmt.Errorf("pool %s policy: %w", p.ID, err)}
+	}
+	opts.NotBefore, opts.NotAfter, opts.Now, opts.LastResort, opts.Rand = uint64(notBefore), uint64(notAfter), now, lastResort, w.cfg.Rand
+	kp, bundle, err := mls.Generate(suite, signer, []byte(p.Identity), opts)
 	if err != nil {
 		return fmt.Errorf("generate: %w", err)
 	}

@@ -112,6 +112,19 @@ type KeyPackageInfo struct {
 	Used       bool   `json:"used,omitempty"`
 	Attempt    int    `json:"attempt"`
 	Reason     string `json:"reason,omitempty"`
+	// CredentialType and Capabilities are read from the KeyPackage itself (RFC 9420 §7.2),
+	// so they show what it was generated with, whatever the pool's policy says now.
+	CredentialType uint16        `json:"credential_type,omitempty"`
+	Capabilities   *Capabilities `json:"capabilities,omitempty"`
+}
+
+// Capabilities are a KeyPackage's leaf capabilities as numbers, GREASE values included.
+type Capabilities struct {
+	Versions     []uint16 `json:"versions"`
+	CipherSuites []uint16 `json:"cipher_suites"`
+	Extensions   []uint16 `json:"extensions"`
+	Proposals    []uint16 `json:"proposals"`
+	Credentials  []uint16 `json:"credentials"`
 }
 
 // TakeRequest asks for the private half of a KeyPackage named in a Welcome. The
