@@ -162,9 +162,12 @@ func TestCapabilitiesRefusedAndLastResortOff(t *testing.T) {
 	if err != nil || info.Policy.LastResort == nil || *info.Policy.LastResort {
 		t.Fatalf("register: %v, last_resort in force %v", err, info.Policy.LastResort)
 	}
-	eventually(t, 20*time.Second, "3 KeyPackages", func() bool { return len(ds.refs("wire", false)) == 3 })
-	st, err := c.Status(ctx(t), "wire")
-	if err != nil || st.LastResortRef != "" || len(ds.refs("wire", true)) != 0 || st.Counts.Available != 3 {
+	var st events.Status
+	eventually(t, 20*time.Second, "3 available KeyPackages", func() bool {
+		st, err = c.Status(ctx(t), "wire")
+		return err == nil && st.Counts.Available == 3
+	})
+	if st.LastResortRef != "" || len(ds.refs("wire", true)) != 0 || len(ds.refs("wire", false)) != 3 || st.Counts.Created != 0 {
 		t.Fatalf("status %+v (%v), last-resort uploads %d: want 3 available and no last resort", st, err, len(ds.refs("wire", true)))
 	}
 	for _, ref := range ds.refs("wire", false) {
