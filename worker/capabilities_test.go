@@ -17,7 +17,7 @@ import (
 	"github.com/kpool/kpool/pool"
 )
 
-// Through the worker, for every cipher suite: a pool listing credentials [basic, x509]
+// Through the worker, for every RFC 9420 cipher suite: a pool listing credentials [basic, x509]
 // (what an OpenMLS group requiring x509-capable members checks) generates KeyPackages
 // that list both, and keypackage.get shows it; a pool re-registered with an x509
 // credential generates KeyPackages that carry its chain and validate against its root.
@@ -29,7 +29,11 @@ func TestCapabilitiesEverySuite(t *testing.T) {
 	ds := startDS(t, c, true)
 	small := events.Policy{Target: new(2), LowWatermark: new(1), HardCap: new(6)}
 
-	for _, suite := range mls.AllSuites {
+	rfc9420 := slices.DeleteFunc(slices.Clone(mls.AllSuites), func(s mls.CipherSuite) bool { return slices.Contains(mls.PQSuites, s) })
+	if len(rfc9420) != 7 {
+		t.Fatalf("RFC 9420 suites %v, want 1-7", rfc9420)
+	}
+	for _, suite := range rfc9420 { // the suites pool registration accepts
 		t.Run(fmt.Sprint("suite", uint16(suite)), func(t *testing.T) {
 			both := fmt.Sprintf("both-%d", suite)
 			pol := small
