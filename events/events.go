@@ -29,6 +29,8 @@ const (
 	TypeGenerated Type = "generated"
 	// TypePoolRegistered creates a pool (or updates its policy).
 	TypePoolRegistered Type = "pool_registered"
+	// TypeGenerationFailed: the worker could not generate KeyPackages for a pool (reason).
+	TypeGenerationFailed Type = "generation_failed"
 )
 
 // PublicTypes are the types other services may publish on the events subjects.

@@ -55,12 +55,13 @@ type Transition struct {
 
 // Alert kinds.
 const (
-	AlertDepleted       = "depleted"
-	AlertLow            = "low"
-	AlertLastResortUsed = "last_resort_used"
-	AlertUploadFailed   = "upload_failed"
-	AlertClaimStorm     = "claim_storm"
-	AlertUploadRejected = "upload_rejected"
+	AlertDepleted         = "depleted"
+	AlertLow              = "low"
+	AlertLastResortUsed   = "last_resort_used"
+	AlertUploadFailed     = "upload_failed"
+	AlertClaimStorm       = "claim_storm"
+	AlertUploadRejected   = "upload_rejected"
+	AlertGenerationFailed = "generation_failed"
 )
 
 // Alert tells operators something needs attention.
@@ -76,6 +77,9 @@ const (
 	HealthHealthy  = "healthy"
 	HealthLow      = "low"
 	HealthDepleted = "depleted"
+	// HealthGenerationFailing: the worker cannot generate this pool's KeyPackages; the
+	// status's generation_error says why.
+	HealthGenerationFailing = "generation_failing"
 )
 
 // Counts per KeyPackage state; always all present (explicit zeros).
@@ -103,6 +107,9 @@ type Status struct {
 	LastResortRef  string     `json:"last_resort_ref"`
 	LastResortUsed bool       `json:"last_resort_used"`
 	NextExpiry     *time.Time `json:"next_expiry"`
+	// GenerationError is why the worker cannot generate this pool's KeyPackages (empty
+	// once a KeyPackage was generated again).
+	GenerationError string `json:"generation_error,omitempty"`
 }
 
 // DeadLetter reports an input that was rejected, and why. Published on the dead-letter

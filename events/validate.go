@@ -49,14 +49,15 @@ func Decode(data []byte) (Event, error) {
 
 // typeFields lists the fields each type takes beyond id, type, time and pool.
 var typeFields = map[Type][]string{
-	TypeUploadAck:      {"ref"},
-	TypeClaimed:        {"ref"},
-	TypeConsumed:       {"ref"},
-	TypeUploadRejected: {"ref", "reason", "retry"},
-	TypeExpiryTick:     nil,
-	TypeReplenish:      nil,
-	TypeGenerated:      {"generated"},
-	TypePoolRegistered: {"register"},
+	TypeUploadAck:        {"ref"},
+	TypeClaimed:          {"ref"},
+	TypeConsumed:         {"ref"},
+	TypeUploadRejected:   {"ref", "reason", "retry"},
+	TypeExpiryTick:       nil,
+	TypeReplenish:        nil,
+	TypeGenerated:        {"generated"},
+	TypePoolRegistered:   {"register"},
+	TypeGenerationFailed: {"reason"},
 }
 
 // checkTypeFields refuses a field of another event type (a "ref" on a tick, say), which
@@ -121,6 +122,10 @@ func Validate(e Event) error {
 		}
 		return nil
 	case TypeReplenish:
+	case TypeGenerationFailed:
+		if e.Reason == "" {
+			return &FieldError{Field: "reason", Reason: "missing (generation_failed says why)"}
+		}
 	case TypeGenerated:
 		g := e.Generated
 		if g == nil {

@@ -135,6 +135,16 @@ func (c *Core) apply(t *txn) error {
 		return nil
 	case events.TypeGenerated:
 		return t.generated()
+	case events.TypeGenerationFailed:
+		p, err := t.mustPool()
+		if err != nil {
+			return err
+		}
+		if p.GenerationError != in.Reason {
+			p.GenerationError = in.Reason
+			t.alert(p.ID, events.AlertGenerationFailed, fmt.Sprintf("KeyPackages for pool %s cannot be generated: %s", p.ID, in.Reason))
+		}
+		return nil
 	}
 	p, err := t.mustPool()
 	if err != nil {
@@ -288,6 +298,7 @@ func (t *txn) generated() error {
 		return reject(in, CodeOverCap, g.Ref, fmt.Sprintf("pool %s would hold %d KeyPackages (live + requested), over hard_cap %d", p.ID, n, cfg.HardCap), nil)
 	}
 	p.Requested, p.LastResortRequested = requested, lrRequested
+	p.GenerationError = ""
 	w := bucketWidth(cfg)
 	k := t.addKP(KeyPackage{
 		Ref: g.Ref, Pool: p.ID, State: fsm.Created, KeyPackage: g.KeyPackage,

@@ -91,6 +91,9 @@ func appendStatus(b []byte, v *events.Status) ([]byte, error) {
 			err = err2
 		}
 	}
+	if v.GenerationError != "" {
+		b = appendStringField(b, `,"generation_error":`, v.GenerationError)
+	}
 	return append(b, '}'), err
 }
 

@@ -100,6 +100,8 @@ func (t *txn) countClaim(p *Pool, freshBefore int) {
 
 func health(p *Pool) string {
 	switch {
+	case p.GenerationError != "": // the cause outranks its symptoms (depleted, low)
+		return events.HealthGenerationFailing
 	case regularAvailable(p) == 0:
 		return events.HealthDepleted
 	case p.Fresh < p.Config.LowWatermark:
@@ -141,6 +143,7 @@ func statusBody(p *Pool) events.Status {
 		Health: health(p), Counts: p.Counts, AvailableFresh: p.Fresh,
 		Target: p.Config.Target, LowWatermark: p.Config.LowWatermark, HardCap: p.Config.HardCap,
 		LastResortRef: p.LastResort, LastResortUsed: p.LastResortUsed, NextExpiry: nextExpiry(p),
+		GenerationError: p.GenerationError,
 	}
 }
 

@@ -36,18 +36,21 @@ type KeyPackage struct {
 
 // Pool is the stored record of one pool: identity, policy, counters and status sequence.
 type Pool struct {
-	ID             string            `json:"id"`
-	Identity       string            `json:"identity"`
-	CipherSuite    uint16            `json:"cipher_suite"`
-	SignatureKey   []byte            `json:"signature_key"`
-	Policy         events.Policy     `json:"policy,omitzero"` // overrides as registered
-	Config         Config            `json:"config"`          // effective configuration
-	Counts         events.Counts     `json:"counts"`
-	Fresh          int               `json:"fresh"` // available and valid at now + expiry margin
-	StatusSeq      uint64            `json:"status_seq"`
-	LastResort     string            `json:"last_resort,omitempty"` // ref of the current last-resort KeyPackage
-	LastResortUsed bool              `json:"last_resort_used,omitempty"`
-	Extra          map[string]string `json:"extra,omitempty"` // reserved; keep the record forward compatible
+	ID             string        `json:"id"`
+	Identity       string        `json:"identity"`
+	CipherSuite    uint16        `json:"cipher_suite"`
+	SignatureKey   []byte        `json:"signature_key"`
+	Policy         events.Policy `json:"policy,omitzero"` // overrides as registered
+	Config         Config        `json:"config"`          // effective configuration
+	Counts         events.Counts `json:"counts"`
+	Fresh          int           `json:"fresh"` // available and valid at now + expiry margin
+	StatusSeq      uint64        `json:"status_seq"`
+	LastResort     string        `json:"last_resort,omitempty"` // ref of the current last-resort KeyPackage
+	LastResortUsed bool          `json:"last_resort_used,omitempty"`
+	// GenerationError is the last generation failure the edge reported, cleared by the
+	// next generated KeyPackage.
+	GenerationError string            `json:"generation_error,omitempty"`
+	Extra           map[string]string `json:"extra,omitempty"` // reserved; keep the record forward compatible
 
 	// Subset of Counts for last-resort KeyPackages (they are outside the watermark).
 	LastResortCounts events.Counts `json:"last_resort_counts"`

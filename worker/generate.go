@@ -26,10 +26,12 @@ type generator struct {
 	mu    sync.Mutex
 	dirty []string // pools to look at, in request order, without repeats
 	kick  chan struct{}
+
+	failures map[string]int // failures in a row per pool (loop goroutine only)
 }
 
 func newGenerator(w *Worker) *generator {
-	return &generator{w: w, kick: make(chan struct{}, 1)}
+	return &generator{w: w, kick: make(chan struct{}, 1), failures: map[string]int{}}
 }
 
 func (g *generator) enqueue(r pool.GenerateRequest) {
@@ -113,14 +115,44 @@ func (g *generator) fill(id string, signers map[string]mls.Signer) bool {
 		var perm *permanentError
 		switch {
 		case err == nil:
+			g.failures[id] = 0
 		case errors.As(err, &perm):
-			// Not retried until the core asks again (next request or restart).
+			// Not retried until the core asks again (next request, replenish, restart).
 			w.log.Warn("generation stopped for pool", "pool", id, "err", err)
+			g.report(p, err)
 			return true
 		default:
-			w.log.Error("KeyPackage generation failed; retrying", "pool", id, "err", err)
+			g.failures[id]++
+			w.log.Error("KeyPackage generation failed; retrying", "pool", id, "err", err, "failures", g.failures[id])
+			if g.failures[id] == reportAfter {
+				g.report(p, err)
+			}
 			return w.sleepCtx(time.Second) && g.retry(id)
 		}
+	}
+}
+
+// reportAfter is how many failures in a row of a retried error make it reported.
+const reportAfter = 5
+
+// report tells the core that a pool's generation fails, as a generation_failed input:
+// the pool's status (health generation_failing, generation_error) and an alert say so
+// until a KeyPackage is generated again. A refusal for lack of room is no failure.
+func (g *generator) report(p pool.Pool, cause error) {
+	var re *pool.RejectError
+	if errors.As(cause, &re) && (re.Code == pool.CodeOverCap || re.Code == pool.CodeUnknownPool) {
+		return
+	}
+	reason := cause.Error()
+	if p.GenerationError == reason {
+		return
+	}
+	ev := events.Event{ID: natsbus.NewEventID(), Type: events.TypeGenerationFailed, Time: p.CreatedAt, Pool: p.ID, Reason: reason}
+	if meta, err := g.w.store.Meta(); err == nil && meta.Time.After(ev.Time) {
+		ev.Time = meta.Time
+	}
+	if _, err := g.w.submit(persistence.Input{Event: ev}); err != nil {
+		g.w.log.Warn("reporting a generation failure failed", "pool", p.ID, "err", err)
 	}
 }
 

@@ -86,6 +86,11 @@ func (m *metrics) observeStatus(body []byte) {
 	if json.Unmarshal(body, &st) != nil || st.Pool == "" {
 		return
 	}
+	m.observe(st)
+}
+
+// observe sets a pool's gauges from its status.
+func (m *metrics) observe(st events.Status) {
 	c := st.Counts
 	for state, n := range map[string]int{"created": c.Created, "available": c.Available, "claimed": c.Claimed, "expired": c.Expired, "deleted": c.Deleted} {
 		m.poolCount.WithLabelValues(st.Pool, state).Set(float64(n))

@@ -213,6 +213,8 @@ func (w *Worker) logPools() {
 	meta, _ := w.store.Meta()
 	w.log.Info("worker running", "prefix", w.cfg.Prefix, "pools", len(pools), "seq", meta.Seq, "stream_seq", w.appliedSeq.Load(), "core_time", meta.Time, "tick", w.cfg.Tick)
 	for _, p := range pools {
+		// Every pool's gauges from the start, not only after its status next changes.
+		w.metrics.observe(pool.StatusOf(p, meta.Time))
 		w.log.Info("pool", "pool", p.ID, "identity", p.Identity, "cipher_suite", p.CipherSuite,
 			"created", p.Counts.Created, "available", p.Counts.Available, "claimed", p.Counts.Claimed,
 			"expired", p.Counts.Expired, "fresh", p.Fresh, "target", p.Config.Target)
