@@ -58,6 +58,9 @@ type Config struct {
 	// Batch is the largest group of inputs the writer applies in one transaction, and
 	// how many messages the reader fetches ahead (default 512).
 	Batch int
+	// StartTimeout is how long Start keeps trying to reach NATSURL, with backoff, before
+	// it gives up (default 30s).
+	StartTimeout time.Duration
 	// MaxInternalFailures is how many consecutive internal failures (store, view,
 	// invariant, bug — never a verdict on the input) make the worker report not ready
 	// (default 5). It keeps retrying the same input with backoff and never skips it.
@@ -117,6 +120,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Batch <= 0 {
 		c.Batch = 512
+	}
+	if c.StartTimeout <= 0 {
+		c.StartTimeout = 30 * time.Second
 	}
 	if c.MaxInternalFailures <= 0 {
 		c.MaxInternalFailures = 5

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"net"
+	"net/http"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -234,9 +236,54 @@ func publishRetry(t *testing.T, f func() error) error {
 
 // TestStartFailureCleansUp: a worker that cannot reach NATS fails with a clear error and
 // releases its store, so the next start with the same data directory works.
+// TestStartWaitsForNATS: a worker started while its NATS server is down waits for it,
+// reporting not ready meanwhile, and runs once the server is up.
+func TestStartWaitsForNATS(t *testing.T) {
+	ns := startNATS(t)
+	ns.Shutdown()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics := ln.Addr().String()
+	ln.Close()
+	type started struct {
+		w   *worker.Worker
+		err error
+	}
+	done := make(chan started, 1)
+	go func() {
+		w, err := worker.Start(context.Background(), worker.Config{DataDir: t.TempDir(), NATSURL: ns.URL(), NoSync: true, MetricsAddr: metrics, StartTimeout: time.Minute})
+		done <- started{w, err}
+	}()
+	readyz := func() int {
+		resp, err := http.Get("http://" + metrics + "/readyz")
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	eventually(t, 20*time.Second, "not ready while NATS is down", func() bool { return readyz() == http.StatusServiceUnavailable })
+	ns.Restart()
+	var s started
+	select {
+	case s = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Start did not return after NATS came up")
+	}
+	if s.err != nil {
+		t.Fatalf("start once NATS is up: %v", s.err)
+	}
+	defer s.w.Close()
+	if code := readyz(); code != http.StatusOK {
+		t.Fatalf("/readyz = %d once running", code)
+	}
+}
+
 func TestStartFailureCleansUp(t *testing.T) {
 	dir := t.TempDir()
-	_, err := worker.Start(context.Background(), worker.Config{DataDir: dir, NATSURL: "nats://127.0.0.1:1", NoSync: true})
+	_, err := worker.Start(context.Background(), worker.Config{DataDir: dir, NATSURL: "nats://127.0.0.1:1", NoSync: true, StartTimeout: time.Second})
 	if err == nil || !strings.Contains(err.Error(), "connect to NATS at nats://127.0.0.1:1") {
 		t.Fatalf("start without NATS: %v", err)
 	}

@@ -119,7 +119,11 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	}
 	w.nextSeq.Store(last + 1)
 	w.appliedSeq.Store(last)
-	w.ready.Store(true)
+	if cfg.MetricsAddr != "" { // up first: /readyz says "not ready" while NATS is awaited
+		if err := w.serveMetrics(cfg.MetricsAddr); err != nil {
+			return nil, err
+		}
+	}
 
 	if err := w.connect(); err != nil {
 		return nil, err
@@ -138,11 +142,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	if err := w.startService(); err != nil {
 		return nil, err
 	}
-	if cfg.MetricsAddr != "" {
-		if err := w.serveMetrics(cfg.MetricsAddr); err != nil {
-			return nil, err
-		}
-	}
+	w.ready.Store(true)
 	w.loops.Add(4)
 	go w.readLoop()
 	go w.writeLoop()
@@ -189,9 +189,9 @@ func (w *Worker) connect() error {
 			w.kickRelay()
 		}),
 	}, w.cfg.NATSOptions...)
-	nc, err := nats.Connect(url, opts...)
+	nc, err := w.dial(url, opts)
 	if err != nil {
-		return fmt.Errorf("worker: connect to NATS at %s: %w", url, err)
+		return err
 	}
 	w.nc = nc
 	w.js, err = jetstream.New(nc)
@@ -202,6 +202,28 @@ func (w *Worker) connect() error {
 		w.log.Info("connected to NATS", "url", nc.ConnectedUrlRedacted())
 	}
 	return nil
+}
+
+// dial connects to NATS, retrying with backoff for up to StartTimeout: a worker started
+// before its NATS server (or during a restart) waits for it instead of exiting, and
+// reports not ready meanwhile.
+func (w *Worker) dial(url string, opts []nats.Option) (*nats.Conn, error) {
+	deadline := time.Now().Add(w.cfg.StartTimeout)
+	backoff := 250 * time.Millisecond
+	for {
+		nc, err := nats.Connect(url, opts...)
+		if err == nil {
+			return nc, nil
+		}
+		if time.Now().Add(backoff).After(deadline) {
+			return nil, fmt.Errorf("worker: connect to NATS at %s (tried for %v): %w", url, w.cfg.StartTimeout, err)
+		}
+		w.log.Warn("NATS not reachable yet; retrying", "url", url, "err", err, "in", backoff)
+		if !w.sleepCtx(backoff) {
+			return nil, fmt.Errorf("worker: connect to NATS at %s: %w", url, err)
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
 }
 
 func (w *Worker) logPools() {
