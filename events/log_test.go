@@ -251,7 +251,7 @@ func TestLogHugeLine(t *testing.T) {
 	}
 	_, err = r.Next()
 	var le *LogLineError
-	if !errors.As(err, &le) || le.Line != 3 || !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), fmt.Sprintf("line of %d bytes, the limit is 17408", len(huge))) {
+	if !errors.As(err, &le) || le.Line != 3 || !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), fmt.Sprintf("line of %d bytes, the limit is %d", len(huge), MaxLogLine)) {
 		t.Fatalf("got %v", err)
 	}
 	if cap(r.long) > 2*MaxLogLine+(64<<10) {

@@ -10,8 +10,14 @@ import (
 	"time"
 )
 
-// MaxEventSize bounds an inbound payload; larger messages are rejected unread.
-const MaxEventSize = 16 << 10
+// MaxEventSize bounds an inbound payload; larger messages are rejected unread. It leaves
+// room for the largest KeyPackage kpool makes: a post-quantum suite-85/86 KeyPackage is
+// about 15 KB, 20 KB in an event's base64 (docs/events.md, "Size limits").
+const MaxEventSize = 32 << 10
+
+// KnownCipherSuite reports whether kpool supports the suite: RFC 9420's 1–7 and the
+// post-quantum 77–88 (package mls has the algorithms; events stays free of them).
+func KnownCipherSuite(s uint16) bool { return s >= 1 && s <= 7 || s >= 77 && s <= 88 }
 
 // MaxIDLength bounds event ids (they are stored for deduplication).
 const MaxIDLength = 128
@@ -148,8 +154,8 @@ func Validate(e Event) error {
 		if r.Identity == "" {
 			return &FieldError{Field: "register.identity", Reason: "missing"}
 		}
-		if r.CipherSuite < 1 || r.CipherSuite > 7 {
-			return &FieldError{Field: "register.cipher_suite", Reason: fmt.Sprintf("%d is not an RFC 9420 cipher suite (1-7)", r.CipherSuite)}
+		if !KnownCipherSuite(r.CipherSuite) {
+			return &FieldError{Field: "register.cipher_suite", Reason: fmt.Sprintf("%d is not a supported cipher suite (1-7, 77-88)", r.CipherSuite)}
 		}
 		if len(r.SignatureKey) == 0 {
 			return &FieldError{Field: "register.signature_key", Reason: "missing"}

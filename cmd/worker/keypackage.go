@@ -32,7 +32,7 @@ func keypackageGenerateCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.OutOrStdout()) },
 	}
 	fs := cmd.Flags()
-	fs.UintVar(&o.suite, "suite", 1, "cipher suite, 1..7 (RFC 9420 §17.1)")
+	fs.UintVar(&o.suite, "suite", 1, "cipher suite: 1..7 (RFC 9420 §17.1) or 77..88 (post-quantum, docs/mls.md)")
 	fs.IntVar(&o.count, "count", 1, "how many KeyPackages")
 	fs.StringVar(&o.identity, "identity", "kpool-cli", "basic credential identity")
 	fs.BoolVar(&o.lastResort, "last-resort", false, "add the last_resort extension (0x000A)")
@@ -54,7 +54,7 @@ func (o *generateOptions) run(stdout io.Writer) error {
 	cs := mls.CipherSuite(o.suite)
 	switch {
 	case o.suite > 0xffff || !cs.Valid():
-		return usagef("--suite %d is not an RFC 9420 cipher suite (1..7)", o.suite)
+		return usagef("--suite %d is not a supported cipher suite (1..7, 77..88)", o.suite)
 	case o.count < 1:
 		return usagef("--count %d must be at least 1", o.count)
 	case o.notBefore != 0 && o.notAfter != 0 && o.notAfter < o.notBefore:

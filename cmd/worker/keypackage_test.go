@@ -123,7 +123,7 @@ func TestKeypackageCLIErrors(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"keypackage", "generate", "--suite", "8"}, 2, "not an RFC 9420 cipher suite"},
+		{[]string{"keypackage", "generate", "--suite", "8"}, 2, "not a supported cipher suite (1..7, 77..88)"},
 		{[]string{"keypackage", "generate", "--count", "0"}, 2, "must be at least 1"},
 		{[]string{"keypackage", "generate", "--not-before", "10", "--not-after", "5"}, 2, "is before"},
 		{[]string{"keypackage", "inspect", "a", "b"}, 2, "at most one input file"},

@@ -98,7 +98,7 @@ func poolRegisterCmd() *cobra.Command {
 	c.register(cmd)
 	fs := cmd.Flags()
 	fs.StringVar(&identity, "identity", "", "MLS credential identity of the pool (required)")
-	fs.IntVar(&suite, "suite", 1, "RFC 9420 cipher suite 1-7")
+	fs.IntVar(&suite, "suite", 1, "cipher suite: 1-7 (RFC 9420) or 77-88 (post-quantum)")
 	fs.IntVar(&target, "target", 0, "set the target size (not given: unchanged, or the default for a new pool)")
 	fs.IntVar(&low, "low-watermark", 0, "set the low watermark (0 is allowed)")
 	fs.IntVar(&hardCap, "hard-cap", 0, "set the hard cap")

@@ -51,7 +51,7 @@ const (
 // RegisterRequest creates a pool, or updates the policy of an existing one.
 type RegisterRequest struct {
 	Identity    string        `json:"identity"`     // the MLS credential identity (basic credential)
-	CipherSuite uint16        `json:"cipher_suite"` // RFC 9420 cipher suite, 1-7
+	CipherSuite uint16        `json:"cipher_suite"` // cipher suite: 1-7 (RFC 9420) or 77-88 (post-quantum)
 	Policy      events.Policy `json:"policy,omitzero"`
 	// RecipientKey is an HPKE public key of the cipher suite's KEM. When kpool generates
 	// the pool's signature key, the response carries the private key sealed to it.
