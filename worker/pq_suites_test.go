@@ -179,7 +179,13 @@ func runPQPool(t *testing.T, suite mls.CipherSuite) {
 	waitState(ctx, t, c, id, old, fsm.Deleted)
 
 	// The journal — PQ KeyPackages in its generated inputs — exports as a log whose
-	// replay rebuilds the stored state exactly.
+	// replay rebuilds the stored state exactly. First the refill at the new time settles:
+	// nothing left unacknowledged, so the delivery service sends no more input.
+	if _, err := env.WaitStatus(ctx, id, func(st events.Status) bool {
+		return st.AvailableFresh == 3 && st.Counts.Created == 0
+	}); err != nil {
+		t.Fatalf("refill after expiry: %v", err)
+	}
 	if err := env.WaitIdle(ctx); err != nil {
 		t.Fatal(err)
 	}
