@@ -2,8 +2,10 @@
 GO      ?= go
 PKGS    := ./...
 FUZZTIME ?= 20s
+# pinned; `go run pkg@version` fetches it through the module proxy on a fresh machine
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build run test fmt-check vet unit race fuzz fuzz-short bench generate tidy-check
+.PHONY: all build run test fmt-check vet unit race fuzz fuzz-short bench generate tidy-check staticcheck
 
 all: build
 
@@ -20,7 +22,9 @@ run:
 	$(GO) build -o bin/worker ./cmd/worker
 	exec ./bin/worker run $(ARGS)
 
-test: fmt-check vet race fuzz-short
+# what CI runs: the plain pass runs the tests that skip under -race (an allocation test,
+# the full-size property test); the race pass runs everything with the race detector
+test: fmt-check vet tidy-check staticcheck unit race fuzz-short
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -30,7 +34,10 @@ vet:
 	$(GO) vet $(PKGS)
 
 unit:
-	$(GO) test $(PKGS)
+	$(GO) test -timeout 20m $(PKGS)
+
+staticcheck:
+	$(GO) run $(STATICCHECK) $(PKGS)
 
 race:
 	$(GO) test -race -timeout 20m $(PKGS)
@@ -44,6 +51,7 @@ fuzz:
 fuzz-short:
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 
+# the benchmarks on a 1 000 000-KeyPackage database need KPOOL_BENCH_BIG=1 (docs/benchmarks.md)
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
 

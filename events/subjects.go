@@ -62,7 +62,7 @@ func (s Subjects) CheckInputSubject(subject string, e Event) error {
 func (s Subjects) ParseEvent(subject string) (pool string, t Type, err error) {
 	rest, ok := strings.CutPrefix(subject, s.Prefix+".events.")
 	if !ok {
-		return "", "", fmt.Errorf("%w: %q is not under %s.events.", ErrSubject, subject, s.Prefix)
+		return "", "", fmt.Errorf("%w: %q is not an event subject (%s.events.<pool>.<type>)", ErrSubject, subject, s.Prefix)
 	}
 	if rest == "tick" {
 		return "", TypeExpiryTick, nil

@@ -211,11 +211,17 @@ func parseECDSAPublic(c elliptic.Curve, pub []byte) (*ecdsa.PublicKey, error) {
 		}
 		return k, nil
 	case len(pub) == 1+byteLen && (pub[0] == 2 || pub[0] == 3):
-		x, y := elliptic.UnmarshalCompressed(c, pub) //nolint:staticcheck // no non-deprecated decompression in the standard library
+		// The standard library decompresses only to coordinates; the key is then built from
+		// the uncompressed encoding (PublicKey.X and .Y are deprecated).
+		x, y := elliptic.UnmarshalCompressed(c, pub)
 		if x == nil {
 			return nil, fmt.Errorf("compressed point not on %s", c.Params().Name)
 		}
-		return &ecdsa.PublicKey{Curve: c, X: x, Y: y}, nil
+		full := make([]byte, 1+2*byteLen)
+		full[0] = 4
+		x.FillBytes(full[1 : 1+byteLen])
+		y.FillBytes(full[1+byteLen:])
+		return ecdsa.ParseUncompressedPublicKey(c, full)
 	}
 	return nil, fmt.Errorf("%s key of %d bytes with prefix 0x%02x", c.Params().Name, len(pub), firstByte(pub))
 }

@@ -2,7 +2,6 @@ package mls
 
 import (
 	"bytes"
-	"crypto/elliptic"
 	"errors"
 	"fmt"
 	"strings"
@@ -181,8 +180,8 @@ func TestValidateTampering(t *testing.T) {
 				// A compressed signature key is accepted and kept as is.
 				kp = fresh(GenerateOptions{})
 				full := kp.LeafNode.SignatureKey
-				x, y := elliptic.Unmarshal(sp.ecdsa, full) //nolint:staticcheck // test helper
-				kp.LeafNode.SignatureKey = elliptic.MarshalCompressed(sp.ecdsa, x, y)
+				n := (len(full) - 1) / 2 // 0x04 || x || y  →  (0x02 | y's parity) || x
+				kp.LeafNode.SignatureKey = append([]byte{2 | full[len(full)-1]&1}, full[1:1+n]...)
 				resign(t, kp, signer)
 				msg := MarshalMLSMessage(kp)
 				got := checkRoundTrip(t, msg, true, testNow, pol)

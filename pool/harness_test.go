@@ -31,6 +31,7 @@ type harness struct {
 	// viewCheck: compare a full snapshot of the store around every n-th Step (0: never)
 	viewCheck int
 	steps     int
+	where     string // file:line of the scenario directive being run, for errors
 }
 
 func newHarness(t testing.TB) *harness {

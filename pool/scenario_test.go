@@ -1,10 +1,12 @@
 package pool
 
 import (
+	"cmp"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,6 +23,7 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of pool/t
 type block struct {
 	comments []string
 	cmd      string
+	line     int // of cmd, for errors
 	want     string
 }
 
@@ -38,7 +41,7 @@ func parseScenario(t *testing.T, path string) []block {
 		case strings.HasPrefix(l, "#") || (strings.TrimSpace(l) == "" && cur.cmd == ""):
 			cur.comments = append(cur.comments, l)
 		case cur.cmd == "":
-			cur.cmd = l
+			cur.cmd, cur.line = l, i+1
 			if i+1 >= len(lines) || lines[i+1] != "----" {
 				t.Fatalf("%s:%d: directive %q is not followed by ----", path, i+1, l)
 			}
@@ -81,6 +84,7 @@ func TestScenarios(t *testing.T) {
 				if b.cmd == "" {
 					continue
 				}
+				h.where = fmt.Sprintf("%s:%d", f, b.line)
 				got := h.run(b.cmd)
 				out.WriteString(b.cmd + "\n----\n" + got + "\n")
 				if !*rewrite && got != b.want {
@@ -106,80 +110,144 @@ func TestScenarios(t *testing.T) {
 	}
 }
 
-// args parses "k=v" and bare flags.
-type args map[string]string
+// args are the "k=v" and bare-flag arguments of one directive. Reading them is strict:
+// a bad value, a flag given a value, a key given twice, and a key the directive never
+// reads (a typo) fail the test, so that -rewrite cannot turn a mistake into a golden.
+type args struct {
+	fail func(format string, a ...any)
+	vals map[string]string
+	used map[string]bool
+}
 
-func parseArgs(fields []string) args {
-	a := args{}
+func parseArgs(fail func(string, ...any), fields []string) *args {
+	a := &args{fail: fail, vals: map[string]string{}, used: map[string]bool{}}
 	for _, f := range fields {
 		k, v, _ := strings.Cut(f, "=")
-		a[k] = v
+		if _, dup := a.vals[k]; dup {
+			fail("key %q given twice", k)
+		}
+		a.vals[k] = v
 	}
 	return a
 }
 
-func (a args) str(k, def string) string {
-	if v, ok := a[k]; ok {
-		return v
+// unused fails on the keys the directive did not read.
+func (a *args) unused() {
+	for k := range a.vals {
+		if !a.used[k] {
+			a.fail("unknown key %q (or one this directive does not use)", k)
+		}
 	}
-	return def
 }
 
-func (a args) has(k string) bool { _, ok := a[k]; return ok }
+func (a *args) has(k string) bool {
+	_, ok := a.vals[k]
+	a.used[k] = true
+	return ok
+}
 
-func (a args) int(k string) int {
-	n, _ := strconv.Atoi(a[k])
+func (a *args) str(k, def string) string {
+	if !a.has(k) {
+		return def
+	}
+	return a.vals[k]
+}
+
+// flag is a bare flag such as "lr": giving it a value is a mistake.
+func (a *args) flag(k string) bool {
+	if a.has(k) && a.vals[k] != "" {
+		a.fail("%s is a flag and takes no value (got %s=%s)", k, k, a.vals[k])
+	}
+	return a.has(k)
+}
+
+func (a *args) int(k string) int {
+	if !a.has(k) {
+		return 0
+	}
+	n, err := strconv.Atoi(a.vals[k])
+	if err != nil {
+		a.fail("%s=%s: not an integer", k, a.vals[k])
+	}
 	return n
 }
 
 // optInt is the value of k when given (a policy field that is not given keeps its value).
-func (a args) optInt(k string) *int {
+func (a *args) optInt(k string) *int {
 	if !a.has(k) {
 		return nil
 	}
 	return new(a.int(k))
 }
 
-func (a args) optDur(k string) *events.Duration {
+func (a *args) optDur(k string) *events.Duration {
 	if !a.has(k) {
 		return nil
 	}
 	return new(events.Duration(a.dur(k)))
 }
 
-func (a args) dur(k string) time.Duration {
-	if a[k] == "" {
+func (a *args) dur(k string) time.Duration {
+	if !a.has(k) {
 		return 0
 	}
-	d, err := events.ParseDuration(strings.TrimPrefix(a[k], "-"))
+	return parseDur(a.fail, k+"="+a.vals[k], a.vals[k])
+}
+
+// parseDur reads an events duration ("36h", "2d") with an optional minus sign.
+func parseDur(fail func(string, ...any), what, s string) time.Duration {
+	d, err := events.ParseDuration(strings.TrimPrefix(s, "-"))
 	if err != nil {
-		panic(fmt.Sprintf("bad duration %s=%s", k, a[k]))
+		fail("%s: %v", what, err)
 	}
-	if strings.HasPrefix(a[k], "-") {
+	if strings.HasPrefix(s, "-") {
 		return -d
 	}
 	return d
 }
 
-// run executes one directive and returns its rendered output.
+// run executes one directive and returns its rendered output; a mistake in it fails the
+// test, naming h.where (file:line) when set.
 func (h *harness) run(cmd string) string {
+	fail := func(format string, v ...any) {
+		h.t.Helper()
+		h.t.Fatalf("%s: %s: %s", cmp.Or(h.where, h.t.Name()), cmd, fmt.Sprintf(format, v...))
+	}
 	fields := strings.Fields(cmd)
-	a := parseArgs(fields[1:])
+	if len(fields) == 0 {
+		fail("empty directive")
+	}
+	// tick and advance take a duration as their first argument, not a key
+	var step string
+	if fields[0] == "advance" || (fields[0] == "tick" && len(fields) > 1 && strings.HasPrefix(fields[1], "+")) {
+		if len(fields) < 2 {
+			fail("%s needs a duration", fields[0])
+		}
+		step, fields = strings.TrimPrefix(fields[1], "+"), append(fields[:1:1], fields[2:]...)
+	}
+	a := parseArgs(fail, fields[1:])
+	out := h.directive(fields[0], step, a, fail)
+	a.unused()
+	return out
+}
+
+// directive runs one parsed directive; step is the duration of tick +D and advance D.
+func (h *harness) directive(name, step string, a *args, fail func(string, ...any)) string {
 	pool := a.str("pool", "p1")
 	// an input event with the common options: id=, at= (offset from the clock)
 	ev := func(typ events.Type) events.Event {
 		in := h.event(typ, pool)
-		if id, ok := a["id"]; ok {
-			in.ID = id
+		if a.has("id") {
+			in.ID = a.str("id", "")
 		}
 		in.Time = h.clock.Add(a.dur("at"))
 		if a.has("ref") {
-			in.Ref = h.ref(a["ref"])
+			in.Ref = h.ref(a.str("ref", ""))
 		}
 		return in
 	}
 	do := func(in events.Event) string { r, err := h.step(in); return h.render(r, err) }
-	switch fields[0] {
+	switch name {
 	case "register":
 		in := ev(events.TypePoolRegistered)
 		in.Register = &events.Register{Identity: a.str("identity", "alice"), CipherSuite: uint16(max(a.int("suite"), 1)), SignatureKey: []byte(a.str("key", "sig-alice")),
@@ -191,17 +259,23 @@ func (h *harness) run(cmd string) string {
 	case "generate":
 		// generate n=N [lr] [life=]: feed `generated` inputs; n=all answers every
 		// outstanding request of the pool.
-		n := a.int("n")
 		p := h.store.pools[pool]
 		var out strings.Builder
+		lr, life := a.flag("lr"), a.dur("life")
+		var n int
 		if a.str("n", "all") == "all" {
+			if lr {
+				fail("lr with n=all: the pool's own last-resort request is answered")
+			}
 			if p.LastResortRequested {
-				out.WriteString(h.genOne(pool, true, a.dur("life"), a))
+				out.WriteString(h.genOne(pool, true, life, a))
 			}
 			n = p.Requested
+		} else {
+			n = a.int("n")
 		}
 		for range n {
-			out.WriteString(h.genOne(pool, a.has("lr"), a.dur("life"), a))
+			out.WriteString(h.genOne(pool, lr, life, a))
 		}
 		return out.String()
 	case "ack":
@@ -219,7 +293,7 @@ func (h *harness) run(cmd string) string {
 		return do(ev(events.TypeUploadAck))
 	case "reject":
 		in := ev(events.TypeUploadRejected)
-		in.Reason, in.Retry = a.str("reason", "rejected"), a.has("retry")
+		in.Reason, in.Retry = a.str("reason", "rejected"), a.flag("retry")
 		return do(in)
 	case "claim":
 		return do(ev(events.TypeClaimed))
@@ -229,9 +303,8 @@ func (h *harness) run(cmd string) string {
 		return do(ev(events.TypeReplenish))
 	case "tick":
 		// tick [+dur] [pool=]: advance the clock, then an expiry_tick
-		if len(fields) > 1 && strings.HasPrefix(fields[1], "+") {
-			d, _ := events.ParseDuration(fields[1][1:])
-			h.clock = h.clock.Add(d)
+		if step != "" {
+			h.clock = h.clock.Add(parseDur(fail, "tick +"+step, step))
 		}
 		in := ev(events.TypeExpiryTick)
 		if !a.has("pool") {
@@ -240,8 +313,7 @@ func (h *harness) run(cmd string) string {
 		out := do(in)
 		return fmt.Sprintf("now %s\n", rel(h.store.meta.Time)) + out
 	case "advance":
-		d, _ := events.ParseDuration(fields[1])
-		h.clock = h.clock.Add(d)
+		h.clock = h.clock.Add(parseDur(fail, "advance "+step, step))
 		return fmt.Sprintf("clock %s\n", rel(h.clock))
 	case "kps":
 		return h.kps(pool)
@@ -256,22 +328,68 @@ func (h *harness) run(cmd string) string {
 	case "raw":
 		// raw type=<type> [fields]: an event as given, for bad-input cases
 		in := ev(events.Type(a.str("type", "")))
-		if a.has("nopool") {
+		if a.flag("nopool") {
 			in.Pool = ""
 		}
 		return do(in)
 	}
-	h.t.Fatalf("unknown directive %q", cmd)
+	fail("unknown directive %q", name)
 	return ""
 }
 
-func (h *harness) genOne(pool string, lr bool, life time.Duration, a args) string {
+func (h *harness) genOne(pool string, lr bool, life time.Duration, a *args) string {
 	in := h.generated(pool, lr, life)
 	if a.has("id") {
-		in.ID = a["id"]
+		in.ID = a.str("id", "")
 	}
 	if a.has("ref") {
-		in.Generated.Ref = h.ref(a["ref"])
+		in.Generated.Ref = h.ref(a.str("ref", ""))
 	}
 	return "> generated " + h.name(in.Generated.Ref) + "\n" + h.names2(h.render(h.step(in)))
+}
+
+// fatalRecorder stands in for testing.T to catch a harness failure: Fatalf records the
+// message and ends the goroutine, as the real one does.
+type fatalRecorder struct {
+	testing.TB
+	msg string
+}
+
+func (r *fatalRecorder) Helper() {}
+
+func (r *fatalRecorder) Fatalf(format string, a ...any) {
+	r.msg = fmt.Sprintf(format, a...)
+	runtime.Goexit()
+}
+
+// TestScenarioDirectivesStrict: a typo or a bad value in a scenario file fails the test
+// with its place, instead of being ignored (and, under -rewrite, becoming a golden).
+func TestScenarioDirectivesStrict(t *testing.T) {
+	for _, tc := range []struct{ cmd, want string }{
+		{"register targt=5", `unknown key "targt"`},
+		{"register target=ten", "target=ten: not an integer"},
+		{"register target=1 target=2", `key "target" given twice`},
+		{"register margin=3x", "margin=3x: invalid duration"},
+		{"claim ref=a retry", `unknown key "retry"`},
+		{"reject ref=a retry=yes", "retry is a flag and takes no value"},
+		{"generate n=all lr", "lr with n=all"},
+		{"tick +soon", "tick +soon: invalid duration"},
+		{"advance", "advance needs a duration"},
+		{"advance 1y", "advance 1y: invalid duration"},
+		{"regster", `unknown directive "regster"`},
+	} {
+		r := &fatalRecorder{TB: t}
+		h := newHarness(r)
+		h.where = "testdata/x.txt:7"
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			h.run("register")
+			h.run(tc.cmd)
+		}()
+		<-done
+		if want := "testdata/x.txt:7: " + tc.cmd + ": "; !strings.HasPrefix(r.msg, want) || !strings.Contains(r.msg, tc.want) {
+			t.Errorf("%q: failure %q, want %q then %q", tc.cmd, r.msg, want, tc.want)
+		}
+	}
 }

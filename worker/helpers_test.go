@@ -43,12 +43,11 @@ func (c *testClock) Advance(d time.Duration) time.Time {
 // natsServer is an embedded nats-server with JetStream in a temp dir, restartable on the
 // same port and store.
 type natsServer struct {
-	t     *testing.T
-	dir   string
-	port  int
-	ns    *server.Server
-	mu    sync.Mutex
-	close sync.Once
+	t    *testing.T
+	dir  string
+	port int
+	ns   *server.Server
+	mu   sync.Mutex
 }
 
 func startNATS(t *testing.T) *natsServer {

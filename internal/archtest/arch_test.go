@@ -7,6 +7,7 @@ import (
 	"go/token"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,14 +15,71 @@ import (
 
 const module = "github.com/kpool/kpool/"
 
-// allowed lists, per package directory, the non-standard-library imports it may use.
-// Module-internal packages are given without the module prefix.
+// allowed lists, for every package directory of the module, the non-standard-library
+// imports its non-test files may use. Module-internal packages are given without the
+// module prefix. A package missing here fails TestEveryPackageIsChecked.
 var allowed = map[string][]string{
-	"events":      {},
-	"fsm":         {"events", "github.com/looplab/fsm"},
-	"pool":        {"events", "fsm", "mls"},
-	"mls":         {"github.com/cloudflare/circl", "golang.org/x/crypto"},
-	"persistence": {"events", "fsm", "pool", "go.etcd.io/bbolt"},
+	// the core and the wire contract
+	"events": {},
+	"fsm":    {"events", "github.com/looplab/fsm"},
+	"pool":   {"events", "fsm", "mls"},
+	"mls":    {"github.com/cloudflare/circl", "golang.org/x/crypto"},
+	// the edges: storage, the NATS adapter, replay
+	"persistence":    {"events", "fsm", "pool", "go.etcd.io/bbolt"},
+	"events/natsbus": {"events", "mls", "github.com/nats-io/nats.go"},
+	"replay":         {"events", "fsm", "pool", "persistence"},
+	// the assembled worker, the test harness other teams import, the command
+	"worker": {"events", "fsm", "pool", "mls", "persistence", "github.com/nats-io/nats-server/v2",
+		"github.com/nats-io/nats.go", "github.com/prometheus/client_golang"},
+	"kpooltest":  {"events", "pool", "replay", "worker", "github.com/nats-io/nats.go"},
+	"cmd/worker": {"events", "mls", "persistence", "pool", "replay", "worker", "github.com/nats-io/nats.go", "github.com/spf13/cobra", "github.com/spf13/pflag"},
+	// test helpers
+	"internal/archtest": {},
+	"internal/testcert": {"github.com/cloudflare/circl"},
+}
+
+// TestEveryPackageIsChecked: every directory holding Go files has its rule above, so a
+// new package cannot slip past the import rules.
+func TestEveryPackageIsChecked(t *testing.T) {
+	dirs := packageDirs(t)
+	if len(dirs) < len(allowed) {
+		t.Fatalf("found %d package directories %v, fewer than the %d rules: is the walk broken?", len(dirs), dirs, len(allowed))
+	}
+	for _, dir := range dirs {
+		if _, ok := allowed[dir]; !ok {
+			t.Errorf("package %s/ has no import rule in archtest's allowed map", dir)
+		}
+	}
+	for dir := range allowed {
+		if !slices.Contains(dirs, dir) {
+			t.Errorf("rule for %s/, which holds no Go files", dir)
+		}
+	}
+}
+
+// packageDirs lists the module's directories that hold Go files, slash-separated,
+// skipping testdata and hidden directories.
+func packageDirs(t *testing.T) []string {
+	t.Helper()
+	root := filepath.Join("..", "..")
+	var dirs []string
+	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(root, path)
+		if rel != "." && (strings.HasPrefix(d.Name(), ".") || d.Name() == "testdata") {
+			return filepath.SkipDir
+		}
+		if files, _ := filepath.Glob(filepath.Join(path, "*.go")); len(files) > 0 {
+			dirs = append(dirs, filepath.ToSlash(rel))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dirs
 }
 
 func TestImportsPointInward(t *testing.T) {
@@ -46,27 +104,15 @@ func TestImportsPointInward(t *testing.T) {
 }
 
 func TestOnlyPersistenceImportsBbolt(t *testing.T) {
-	root := filepath.Join("..", "..")
-	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
-		if err != nil || !d.IsDir() {
-			return err
+	for _, dir := range packageDirs(t) {
+		if dir == "persistence" {
+			continue // the one package allowed to import bbolt
 		}
-		rel, _ := filepath.Rel(root, path)
-		switch {
-		case rel == "persistence":
-			return nil // the one package allowed to import bbolt
-		case rel != "." && (strings.HasPrefix(d.Name(), ".") || d.Name() == "testdata"):
-			return filepath.SkipDir
-		}
-		for _, imp := range imports(t, path) {
+		for _, imp := range imports(t, filepath.Join("..", "..", dir)) {
 			if strings.HasPrefix(imp, "go.etcd.io/bbolt") {
-				t.Errorf("%s imports bbolt; only persistence/ may", rel)
+				t.Errorf("%s imports bbolt; only persistence/ may", dir)
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 }
 
