@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -58,6 +59,9 @@ type Config struct {
 	// Batch is the largest group of inputs the writer applies in one transaction, and
 	// how many messages the reader fetches ahead (default 512).
 	Batch int
+	// GenerateWorkers is how many KeyPackages are generated in parallel (default the
+	// number of CPUs; 1 when Rand is set, so a seeded key stream stays reproducible).
+	GenerateWorkers int
 	// StartTimeout is how long Start keeps trying to reach NATSURL, with backoff, before
 	// it gives up (default 30s).
 	StartTimeout time.Duration
@@ -120,6 +124,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Batch <= 0 {
 		c.Batch = 512
+	}
+	if c.GenerateWorkers <= 0 {
+		c.GenerateWorkers = runtime.GOMAXPROCS(0)
+		if c.Rand != nil {
+			c.GenerateWorkers = 1
+		}
 	}
 	if c.StartTimeout <= 0 {
 		c.StartTimeout = 30 * time.Second

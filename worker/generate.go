@@ -111,7 +111,13 @@ func (g *generator) fill(id string, signers map[string]mls.Signer) bool {
 		if len(reqs) == 0 {
 			return true
 		}
-		err = g.mintOne(p, reqs[0].LastResort, signers)
+		// The last resort alone; regular ones in parallel, up to a window, so a refill
+		// uses every core and its inputs share the writer's transactions.
+		n := 1
+		if !reqs[0].LastResort {
+			n = min(reqs[0].Count, g.w.cfg.GenerateWorkers*genWindowPerWorker)
+		}
+		err = g.mintMany(p, reqs[0].LastResort, n, signers)
 		var perm *permanentError
 		switch {
 		case err == nil:
@@ -174,30 +180,74 @@ type permanentError struct{ err error }
 func (e *permanentError) Error() string { return e.err.Error() }
 func (e *permanentError) Unwrap() error { return e.err }
 
-// mintOne generates one KeyPackage with the pool's signature key, its lifetime taken from
-// the pool's policy relative to the core's time (never the wall clock, so a replay of the
-// journal sees the same inputs), and commits it as a `generated` input.
-func (g *generator) mintOne(p pool.Pool, lastResort bool, signers map[string]mls.Signer) error {
-	w := g.w
-	meta, err := w.store.Meta()
+// genWindowPerWorker bounds the KeyPackages one generator worker has in flight.
+const genWindowPerWorker = 8
+
+// mintMany mints n KeyPackages on GenerateWorkers goroutines, each committed as its own
+// `generated` input; it returns the first error (a permanent one first).
+func (g *generator) mintMany(p pool.Pool, lastResort bool, n int, signers map[string]mls.Signer) error {
+	signer, err := g.signer(p, signers)
 	if err != nil {
 		return err
 	}
-	suite := mls.CipherSuite(p.CipherSuite)
-	signer := signers[p.ID]
-	if signer == nil {
-		priv, err := w.store.Secret(persistence.PoolSecretID(p.ID))
-		if err != nil {
-			return &permanentError{fmt.Errorf("pool %s signature key: %w", p.ID, err)}
-		}
-		signer, err = mls.SignerFromPrivate(suite, priv)
-		clear(priv)
-		if err != nil {
-			return &permanentError{fmt.Errorf("pool %s signature key: %w", p.ID, err)}
-		}
-		signers[p.ID] = signer
+	meta, err := g.w.store.Meta()
+	if err != nil {
+		return err
 	}
-	now := meta.Time
+	errs := make([]error, n)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(n, g.w.cfg.GenerateWorkers) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				errs[i] = g.mintOne(p, signer, meta.Time, lastResort)
+			}
+		}()
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	var first error
+	for _, err := range errs {
+		var perm *permanentError
+		if errors.As(err, &perm) {
+			return err
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// signer is the pool's signature key, read once per pool.
+func (g *generator) signer(p pool.Pool, signers map[string]mls.Signer) (mls.Signer, error) {
+	if s := signers[p.ID]; s != nil {
+		return s, nil
+	}
+	priv, err := g.w.store.Secret(persistence.PoolSecretID(p.ID))
+	if err != nil {
+		return nil, &permanentError{fmt.Errorf("pool %s signature key: %w", p.ID, err)}
+	}
+	s, err := mls.SignerFromPrivate(mls.CipherSuite(p.CipherSuite), priv)
+	clear(priv)
+	if err != nil {
+		return nil, &permanentError{fmt.Errorf("pool %s signature key: %w", p.ID, err)}
+	}
+	signers[p.ID] = s
+	return s, nil
+}
+
+// mintOne generates one KeyPackage with the pool's signature key, its lifetime taken from
+// the pool's policy relative to the core's time now (never the wall clock, so a replay of
+// the journal sees the same inputs), and commits it as a `generated` input.
+func (g *generator) mintOne(p pool.Pool, signer mls.Signer, now time.Time, lastResort bool) error {
+	w := g.w
+	suite := mls.CipherSuite(p.CipherSuite)
 	notBefore, notAfter := now.Add(-p.Config.NotBeforeBackdate).Unix(), now.Add(p.Config.Lifetime).Unix()
 	opts, err := pool.KeyPackageOptions(p) // capabilities, credential, extensions: the policy as it is now
 	if err != nil {
