@@ -16,8 +16,12 @@ import (
 // capabilities, credential and extensions (lifetime, keys and last_resort are the
 // generator's). It reads the policy as it is now, so a change applies to KeyPackages
 // generated afterwards.
-func KeyPackageOptions(p Pool) (mls.GenerateOptions, error) {
-	o, problems := profile(p.Policy)
+func KeyPackageOptions(p Pool) (mls.GenerateOptions, error) { return ProfileOptions(p.Policy) }
+
+// ProfileOptions reads a policy's capabilities, extensions and credential as mls options
+// (names resolved; the lists are not yet checked against a suite: mls.CheckProfile does).
+func ProfileOptions(pol events.Policy) (mls.GenerateOptions, error) {
+	o, problems := profile(pol)
 	if problems != nil {
 		return o, &ConfigError{Problems: problems}
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -12,8 +13,10 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/mls"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 func keypackageCmd() *cobra.Command {
@@ -24,12 +27,15 @@ func keypackageCmd() *cobra.Command {
 func keypackageGenerateCmd() *cobra.Command {
 	var o generateOptions
 	cmd := &cobra.Command{
-		Use:   "generate [--suite N] [--count K] [--identity S] [--last-resort] [--not-before UNIX --not-after UNIX] [--private-out FILE]",
+		Use:   "generate [--suite N] [--count K] [--identity S] [--last-resort] [--not-before UNIX --not-after UNIX] [--private-out FILE] [--credentials basic,x509 ...] [--signature-key FILE --x509-chain FILE]",
 		Short: "print fresh MLS KeyPackages (hex MLSMessage, one per line)",
 		Long: "Print fresh MLS KeyPackages, hex MLSMessage, one per line. All KeyPackages of one run\n" +
-			"share a fresh signature key; without --private-out their private keys are discarded.",
+			"share a fresh signature key (or the one --signature-key gives); without --private-out\n" +
+			"their private keys are discarded. The capability flags replace the default lists\n" +
+			"(docs/mls.md): --credentials basic,x509 makes KeyPackages an OpenMLS group that requires\n" +
+			"x509-capable members accepts.",
 		Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.OutOrStdout()) },
+		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Flags(), cmd.OutOrStdout()) },
 	}
 	fs := cmd.Flags()
 	fs.UintVar(&o.suite, "suite", 1, "cipher suite: 1..7 (RFC 9420 §17.1) or 77..88 (post-quantum, docs/mls.md)")
@@ -39,6 +45,8 @@ func keypackageGenerateCmd() *cobra.Command {
 	fs.Uint64Var(&o.notBefore, "not-before", 0, "lifetime start, Unix seconds (default now − 1 h)")
 	fs.Uint64Var(&o.notAfter, "not-after", 0, "lifetime end, Unix seconds (default now + 84 d)")
 	fs.StringVar(&o.privOut, "private-out", "", "also write each KeyPackage's ref and private keys as JSON lines to this file (mode 0600)")
+	fs.StringVar(&o.signatureKey, "signature-key", "", "sign with this private key (hex, or a --private-out file) instead of a fresh one; needed with --x509-chain")
+	o.profile.register(fs)
 	return cmd
 }
 
@@ -48,9 +56,11 @@ type generateOptions struct {
 	identity, privOut   string
 	lastResort          bool
 	notBefore, notAfter uint64
+	signatureKey        string
+	profile             profileFlags
 }
 
-func (o *generateOptions) run(stdout io.Writer) error {
+func (o *generateOptions) run(fs *pflag.FlagSet, stdout io.Writer) error {
 	cs := mls.CipherSuite(o.suite)
 	switch {
 	case o.suite > 0xffff || !cs.Valid():
@@ -61,11 +71,22 @@ func (o *generateOptions) run(stdout io.Writer) error {
 		return usagef("--not-after %d is before --not-before %d", o.notAfter, o.notBefore)
 	}
 
-	priv, _, err := mls.NewSignatureKey(cs, nil)
+	var priv []byte
+	var err error
+	if o.signatureKey != "" {
+		priv, err = readSignatureKey(o.signatureKey)
+	} else {
+		priv, _, err = mls.NewSignatureKey(cs, nil)
+	}
 	if err != nil {
 		return err
 	}
+	defer clear(priv)
 	signer, err := mls.SignerFromPrivate(cs, priv)
+	if err != nil {
+		return usagef("--signature-key %s: %s", o.signatureKey, strings.TrimPrefix(err.Error(), "mls: "))
+	}
+	opts, err := o.profile.generateProfile(fs, cs, signer.Public())
 	if err != nil {
 		return err
 	}
@@ -81,7 +102,7 @@ func (o *generateOptions) run(stdout io.Writer) error {
 			return err
 		}
 	}
-	opts := mls.GenerateOptions{NotBefore: o.notBefore, NotAfter: o.notAfter, LastResort: o.lastResort, Now: time.Now()}
+	opts.NotBefore, opts.NotAfter, opts.LastResort, opts.Now = o.notBefore, o.notAfter, o.lastResort, time.Now()
 	out := bufio.NewWriter(stdout)
 	defer out.Flush()
 	for range o.count {
@@ -115,19 +136,26 @@ type inspectResult struct {
 	Identity       *string `json:"identity,omitempty"`
 	IdentityHex    string  `json:"identity_hex,omitempty"` // when the identity is not UTF-8
 	LastResort     *bool   `json:"last_resort,omitempty"`
+	// The leaf's capabilities, by registered name (numbers in hex otherwise).
+	Capabilities *events.Capabilities `json:"capabilities,omitempty"`
+	// An x509 credential: how many certificates, and the leaf certificate's subject.
+	Certificates int    `json:"certificates,omitempty"`
+	X509Subject  string `json:"x509_subject,omitempty"`
 }
 
 func keypackageInspectCmd() *cobra.Command {
 	var at int64
 	var maxLifetime time.Duration
-	var format string
+	var format, anchorsFile string
 	cmd := &cobra.Command{
-		Use:   "inspect [FILE|-] [--format hex|base64] [--at UNIX] [--max-lifetime D]",
+		Use:   "inspect [FILE|-] [--format hex|base64] [--at UNIX] [--max-lifetime D] [--trust-anchors FILE]",
 		Short: "decode and validate KeyPackages (hex or base64 lines), one JSON verdict per line",
 		Long: "Read KeyPackages one per line (MLSMessage or bare KeyPackage, hex by default, or the\n" +
 			"base64 that upload messages carry with --format base64; blank lines and # comments are\n" +
 			"skipped) from FILE or stdin and print one JSON verdict per line. Exit status 1 if any\n" +
-			"line failed.",
+			"line failed. An x509 credential is checked to be well formed and to certify the\n" +
+			"signature key; whether its chain is trusted is the application's business, unless\n" +
+			"--trust-anchors names the certificates it must end at or under.",
 		Args: atMostOne("input file"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			decode, ok := lineFormats[format]
@@ -143,12 +171,24 @@ func keypackageInspectCmd() *cobra.Command {
 				defer f.Close()
 				in = f
 			}
-			return inspectStream(in, cmd.OutOrStdout(), decode, at, maxLifetime)
+			policy := mls.DefaultPolicy()
+			policy.MaxLifetime = maxLifetime
+			if anchorsFile != "" {
+				data, err := os.ReadFile(anchorsFile)
+				if err != nil {
+					return err
+				}
+				if policy.TrustAnchors, err = mls.ParseCertificates(data); err != nil {
+					return usagef("--trust-anchors %s: %s", anchorsFile, strings.TrimPrefix(err.Error(), "mls: "))
+				}
+			}
+			return inspectStream(in, cmd.OutOrStdout(), decode, at, policy)
 		},
 	}
 	fs := cmd.Flags()
 	fs.Int64Var(&at, "at", 0, "validate at this Unix time (default now)")
 	fs.DurationVar(&maxLifetime, "max-lifetime", mls.DefaultMaxLifetime, "longest accepted lifetime (0: no bound)")
+	fs.StringVar(&anchorsFile, "trust-anchors", "", "PEM (or one DER) certificates an x509 credential's chain must end at or under")
 	fs.StringVar(&format, "format", "hex", "encoding of each line: hex or base64 (standard, padded, as in upload messages)")
 	return cmd
 }
@@ -159,13 +199,11 @@ var lineFormats = map[string]func(string) ([]byte, error){
 	"base64": base64.StdEncoding.DecodeString,
 }
 
-func inspectStream(in io.Reader, stdout io.Writer, decode func(string) ([]byte, error), at int64, maxLifetime time.Duration) error {
+func inspectStream(in io.Reader, stdout io.Writer, decode func(string) ([]byte, error), at int64, policy mls.Policy) error {
 	when := time.Now()
 	if at != 0 {
 		when = time.Unix(at, 0)
 	}
-	policy := mls.DefaultPolicy()
-	policy.MaxLifetime = maxLifetime
 
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
@@ -210,14 +248,23 @@ func inspectLine(n int, line string, decode func(string) ([]byte, error), at tim
 	suite, nb, na, lr := uint16(kp.CipherSuite), kp.LeafNode.Lifetime.NotBefore, kp.LeafNode.Lifetime.NotAfter, kp.IsLastResort()
 	r.CipherSuite, r.NotBefore, r.NotAfter, r.LastResort = &suite, &nb, &na, &lr
 	r.CredentialType = uint16(kp.LeafNode.Credential.Type)
-	if kp.LeafNode.Credential.Type == mls.CredentialBasic {
-		if id := kp.LeafNode.Credential.Identity; utf8.Valid(id) {
+	switch cred := kp.LeafNode.Credential; cred.Type {
+	case mls.CredentialBasic:
+		if id := cred.Identity; utf8.Valid(id) {
 			s := string(id)
 			r.Identity = &s
 		} else {
 			r.IdentityHex = hex.EncodeToString(id)
 		}
+	case mls.CredentialX509:
+		r.Certificates = len(cred.Certificates)
+		if len(cred.Certificates) > 0 {
+			if leaf, err := x509.ParseCertificate(cred.Certificates[0]); err == nil {
+				r.X509Subject = leaf.Subject.String()
+			}
+		}
 	}
+	r.Capabilities = capabilityNames(kp.LeafNode.Capabilities)
 	if ref, err := kp.Ref(); err == nil {
 		r.Ref = hex.EncodeToString(ref)
 	}
@@ -227,4 +274,25 @@ func inspectLine(n int, line string, decode func(string) ([]byte, error), at tim
 	}
 	r.OK = true
 	return r
+}
+
+func capabilityNames(c mls.Capabilities) *events.Capabilities {
+	named := func(kind mls.CapabilityKind, l []uint16) []events.CapabilityValue {
+		out := make([]events.CapabilityValue, len(l))
+		for i, v := range l {
+			out[i] = events.CapabilityValue(mls.CapabilityName(kind, v))
+		}
+		return out
+	}
+	return &events.Capabilities{Versions: named(mls.KindVersions, c.Versions), CipherSuites: named(mls.KindCipherSuites, u16s(c.CipherSuites)),
+		Extensions: named(mls.KindExtensions, u16s(c.Extensions)), Proposals: named(mls.KindProposals, u16s(c.Proposals)),
+		Credentials: named(mls.KindCredentials, u16s(c.Credentials))}
+}
+
+func u16s[T ~uint16](l []T) []uint16 {
+	out := make([]uint16, len(l))
+	for i, v := range l {
+		out[i] = uint16(v)
+	}
+	return out
 }

@@ -38,8 +38,10 @@ func poolArg(args []string) (string, error) {
 
 func poolRegisterCmd() *cobra.Command {
 	var c client
-	var identity, policyFile, keyOut string
+	var identity, policyFile, keyOut, anchorsFile string
 	var suite, target, low, hardCap int
+	var lastResort bool
+	var profile profileFlags
 	cmd := &cobra.Command{
 		Use:   "register POOL --identity ID [flags]",
 		Short: "register a pool (or update its policy)",
@@ -68,6 +70,22 @@ func poolRegisterCmd() *cobra.Command {
 			}
 			if fs.Changed("hard-cap") {
 				req.Policy.HardCap = new(hardCap)
+			}
+			if fs.Changed("last-resort") {
+				req.Policy.LastResort = new(lastResort)
+			}
+			if req.Policy.Capabilities, err = profile.capabilities(fs, req.Policy.Capabilities); err != nil {
+				return err
+			}
+			if profile.x509Chain != "" {
+				if req.Policy.X509Chain, err = readCertificates("x509-chain", profile.x509Chain); err != nil {
+					return err
+				}
+			}
+			if anchorsFile != "" {
+				if req.Policy.X509TrustAnchors, err = readCertificates("x509-trust-anchors", anchorsFile); err != nil {
+					return err
+				}
 			}
 			var rk *natsbus.RecipientKey
 			if keyOut != "" {
@@ -104,6 +122,9 @@ func poolRegisterCmd() *cobra.Command {
 	fs.IntVar(&hardCap, "hard-cap", 0, "set the hard cap")
 	fs.StringVar(&policyFile, "policy", "", "JSON file with policy overrides (as in pool.register)")
 	fs.StringVar(&keyOut, "key-out", "", "write the pool's signature private key here (mode 0600) when the pool is created")
+	fs.BoolVar(&lastResort, "last-resort", true, "keep a last-resort KeyPackage (0x000A); --last-resort=false for Wire (docs/mls.md)")
+	fs.StringVar(&anchorsFile, "x509-trust-anchors", "", "PEM certificates the --x509-chain must end at or under (checked at registration)")
+	profile.register(fs)
 	return cmd
 }
 
