@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -17,7 +18,7 @@ import (
 	"github.com/kpool/kpool/pool"
 )
 
-// Through the worker, for every RFC 9420 cipher suite: a pool listing credentials [basic, x509]
+// Through the worker, for every cipher suite: a pool listing credentials [basic, x509]
 // (what an OpenMLS group requiring x509-capable members checks) generates KeyPackages
 // that list both, and keypackage.get shows it; a pool re-registered with an x509
 // credential generates KeyPackages that carry its chain and validate against its root.
@@ -29,11 +30,7 @@ func TestCapabilitiesEverySuite(t *testing.T) {
 	ds := startDS(t, c, true)
 	small := events.Policy{Target: new(2), LowWatermark: new(1), HardCap: new(6)}
 
-	rfc9420 := slices.DeleteFunc(slices.Clone(mls.AllSuites), func(s mls.CipherSuite) bool { return slices.Contains(mls.PQSuites, s) })
-	if len(rfc9420) != 7 {
-		t.Fatalf("RFC 9420 suites %v, want 1-7", rfc9420)
-	}
-	for _, suite := range rfc9420 { // the suites pool registration accepts
+	for _, suite := range mls.AllSuites {
 		t.Run(fmt.Sprint("suite", uint16(suite)), func(t *testing.T) {
 			both := fmt.Sprintf("both-%d", suite)
 			pol := small
@@ -62,6 +59,15 @@ func TestCapabilitiesEverySuite(t *testing.T) {
 			key, err := mls.SignaturePublicKey(suite, info.SignatureKey)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if mlDSA(suite) { // crypto/x509 has no ML-DSA certificates: refused with the reason
+				other := testcert.New(t, mustEd25519(t), testcert.Options{})
+				_, err := c.RegisterSealed(ctx(t), cert, natsbus.RegisterRequest{Identity: "bob", CipherSuite: uint16(suite), Policy: events.Policy{X509Chain: other.DER}})
+				var ae *natsbus.APIError
+				if !errors.As(err, &ae) || ae.Code != pool.CodeInvalidConfig || !strings.Contains(ae.Description, "x509 credentials are not supported for ML-DSA-87 signature keys") {
+					t.Errorf("x509 chain for an ML-DSA pool: %v", err)
+				}
+				return
 			}
 			chain := testcert.New(t, key, testcert.Options{NotBefore: clock.Now().Add(-time.Hour), NotAfter: clock.Now().Add(365 * 24 * time.Hour), Ed448CA: suite == 6})
 			eventually(t, 20*time.Second, "the basic KeyPackage", func() bool { return len(ds.refs(cert, false)) == 1 })
@@ -124,6 +130,19 @@ func getValid(t *testing.T, c *natsbus.Client, poolID, ref string, at time.Time,
 		t.Errorf("%s/%s: last resort %v, extensions %v", poolID, ref, info.LastResort, lc.Extensions)
 	}
 	return kp
+}
+
+func mlDSA(s mls.CipherSuite) bool {
+	return s >= mls.MLS256MLKEM1024AES256GCMSHA512MLDSA87 && s <= mls.MLS256XWingChaCha20Poly1305SHA512MLDSA87
+}
+
+func mustEd25519(t *testing.T) ed25519.PublicKey {
+	t.Helper()
+	pub, _, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
 }
 
 func nums[T ~uint16](l []T) []uint16 {
