@@ -80,6 +80,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"events", "tail", "alerts", "--nats-url", dead}, `unknown kind "alerts"`},
 		{[]string{"events", "publish", "replenish", "--pool", "p", "--wait", "--nats-url", dead}, "--wait follows events that name a KeyPackage"},
 		{[]string{"events", "publish", "claimed", "--time", "noon", "--nats-url", dead}, `--time "noon"`},
+		{[]string{"events", "publish", "claimed", "--pool", "p", "--ref", "XYZ", "--nats-url", dead}, "ref: must be lowercase hex"},
+		{[]string{"events", "publish", "generated", "--pool", "p", "--nats-url", dead}, `"generated" is not a type other services publish`},
 		{[]string{"ds", "simulate", "--pool", "a.b", "--nats-url", dead}, "--pool"},
 		{[]string{"run", "--tick", "soon"}, `--tick "soon"`},
 		{[]string{"db", "compact", "--replace", "--out", "/tmp/elsewhere"}, "--replace needs --out in the data directory"},

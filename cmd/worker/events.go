@@ -71,6 +71,16 @@ func eventsPublishCmd() *cobra.Command {
 			if ev.ID == "" {
 				ev.ID = natsbus.NewEventID() // known before publishing, to match the verdict
 			}
+			if ev.Time.IsZero() {
+				ev.Time = time.Now().UTC()
+			}
+			// A malformed event is a usage error, found before dialling.
+			if !slices.Contains(events.PublicTypes, ev.Type) {
+				return usagef("%q is not a type other services publish (%s)", ev.Type, typeList(events.PublicTypes))
+			}
+			if err := events.Validate(ev); err != nil {
+				return usageError{err}
+			}
 			if err := c.dial(); err != nil {
 				return err
 			}

@@ -104,6 +104,7 @@ func loadPolicy(path string) (pool.Config, error) {
 type runOptions struct {
 	conn                                                  connFlags
 	data, keyFile, listen, tick, config, metrics, maxSkew string
+	startTimeout                                          string
 	retention, replicas, logLevel                         string
 	logJSON                                               bool
 }
@@ -134,12 +135,14 @@ func runCmd() *cobra.Command {
 	fs.StringVar(&o.maxSkew, "max-skew", envOr("KPOOL_MAX_SKEW", "5m"), "refuse events timed further than this ahead of the clock [KPOOL_MAX_SKEW]")
 	fs.StringVar(&o.retention, "journal-retention", envOr("KPOOL_JOURNAL_RETENTION", "0"), "keep the input journal and dedup ids this long (e.g. 30d); 0 = forever [KPOOL_JOURNAL_RETENTION]")
 	fs.StringVar(&o.replicas, "replicas", envOr("KPOOL_REPLICAS", "1"), "replicas of the streams kpool creates (clusters) [KPOOL_REPLICAS]")
+	fs.StringVar(&o.startTimeout, "start-timeout", envOr("KPOOL_START_TIMEOUT", "30s"), "how long start-up keeps trying to reach --nats-url before giving up [KPOOL_START_TIMEOUT]")
 	fs.StringVar(&o.logLevel, "log-level", envOr("KPOOL_LOG_LEVEL", "info"), "debug, info, warn or error [KPOOL_LOG_LEVEL]")
 	fs.BoolVar(&o.logJSON, "log-json", envOr("KPOOL_LOG_JSON", "") != "", "log JSON instead of text [KPOOL_LOG_JSON]")
 	return c
 }
 
-// config turns the flags into a worker configuration; every error is a usage error.
+// workerConfig turns the flags into a worker configuration; its errors are usage errors,
+// except a --config file that cannot be read or is invalid.
 func (o *runOptions) workerConfig(stderr io.Writer) (worker.Config, error) {
 	tick, err := time.ParseDuration(o.tick)
 	if err != nil {
@@ -148,6 +151,10 @@ func (o *runOptions) workerConfig(stderr io.Writer) (worker.Config, error) {
 	maxSkew, err := time.ParseDuration(o.maxSkew)
 	if err != nil {
 		return worker.Config{}, usagef("--max-skew %q: %w", o.maxSkew, err)
+	}
+	startTimeout, err := time.ParseDuration(o.startTimeout)
+	if err != nil || startTimeout <= 0 {
+		return worker.Config{}, usagef("--start-timeout %q: a positive duration such as 30s", o.startTimeout)
 	}
 	retention, err := events.ParseDuration(o.retention)
 	if err != nil {
@@ -169,7 +176,7 @@ func (o *runOptions) workerConfig(stderr io.Writer) (worker.Config, error) {
 	cf := &o.conn
 	cfg := worker.Config{DataDir: o.data, KeyFile: o.keyFile, NATSURL: cf.url, Listen: o.listen, Prefix: cf.prefix,
 		Tick: tick, MaxSkew: maxSkew, MetricsAddr: o.metrics, Logger: logger, JournalRetention: retention,
-		Streams: natsbus.StreamOptions{Replicas: replicas}}
+		Streams: natsbus.StreamOptions{Replicas: replicas}, StartTimeout: startTimeout}
 	if cfg.NATSOptions, err = cf.options(); err != nil {
 		return worker.Config{}, usageError{err}
 	}

@@ -170,10 +170,10 @@ func TestRunAndClientCommands(t *testing.T) {
 	if code, _, errOut = runCLI(t, "", "events", "publish", "--json", `{"id":"cli-2","type":"expiry_tick","time":"2020-01-01T00:00:00Z"}`, "--nats-url", url); code != 0 {
 		t.Fatalf("events publish --json: %s", errOut)
 	}
-	if code, _, errOut = runCLI(t, "", "events", "publish", "claimed", "--pool", "alice", "--ref", "XYZ", "--nats-url", url); code != 1 || !strings.Contains(errOut, "lowercase hex") {
+	if code, _, errOut = runCLI(t, "", "events", "publish", "claimed", "--pool", "alice", "--ref", "XYZ", "--nats-url", url); code != exitUsage || !strings.Contains(errOut, "lowercase hex") {
 		t.Fatalf("invalid event: %d %s", code, errOut)
 	}
-	if code, _, errOut = runCLI(t, "", "events", "publish", "generated", "--pool", "alice", "--nats-url", url); code != 1 {
+	if code, _, errOut = runCLI(t, "", "events", "publish", "generated", "--pool", "alice", "--nats-url", url); code != exitUsage || !strings.Contains(errOut, `"generated" is not a type other services publish`) {
 		t.Fatalf("internal type published: %d %s", code, errOut)
 	}
 
@@ -232,7 +232,8 @@ func TestRunFlagErrors(t *testing.T) {
 		{[]string{"--log-level", "loud"}, nil, "--log-level"},
 		{nil, map[string]string{"KPOOL_REPLICAS": "three"}, `--replicas "three"`},
 		{[]string{"--journal-retention", "a while"}, nil, `--journal-retention: invalid duration: "a while" is not a duration`},
-		{[]string{"--nats-url", "nats://127.0.0.1:1"}, nil, "connect to NATS"},
+		{[]string{"--nats-url", "nats://127.0.0.1:1", "--start-timeout", "300ms"}, nil, "connect to NATS at nats://127.0.0.1:1 (tried for 300ms)"},
+		{[]string{"--start-timeout", "0s"}, nil, `--start-timeout "0s"`},
 	} {
 		for k, v := range tc.env {
 			t.Setenv(k, v)
