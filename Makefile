@@ -5,7 +5,7 @@ FUZZTIME ?= 20s
 # pinned; `go run pkg@version` fetches it through the module proxy on a fresh machine
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build run test fmt-check vet unit race fuzz fuzz-short bench generate tidy-check staticcheck
+.PHONY: all build run test fmt-check vet unit race fuzz fuzz-short bench generate tidy-check staticcheck bench-e2e
 
 all: build
 
@@ -62,3 +62,8 @@ generate:
 
 tidy-check:
 	$(GO) mod tidy -diff
+
+# end-to-end figures of the worker against bare JetStream and bbolt in the same run
+# (docs/benchmarks.md); `make bench-e2e QUICK=1` for the short run
+bench-e2e:
+	$(GO) run ./cmd/bench-e2e $(if $(QUICK),-quick,)

@@ -357,6 +357,9 @@ func (c *Core) register(t *txn) error {
 	if n := live(p.Counts); cfg.HardCap < n {
 		return reject(in, CodeInvalidConfig, "", fmt.Sprintf("hard_cap %d is below the %d KeyPackages pool %s holds", cfg.HardCap, n, p.ID), nil)
 	}
+	if cfg.Target > p.Config.Target {
+		t.force = p.ID // a raised target is filled now, not at the next low watermark
+	}
 	p.Policy, p.Config = policy, cfg
 	// cancel requests that no longer fit; late `generated` inputs for them are refused
 	if live(p.Counts) >= cfg.HardCap || !lastResortOn(p) {

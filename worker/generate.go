@@ -27,11 +27,17 @@ type generator struct {
 	dirty []string // pools to look at, in request order, without repeats
 	kick  chan struct{}
 
-	failures map[string]int // failures in a row per pool (loop goroutine only)
+	active   map[string]bool       // pools being filled: one filler per pool
+	failures map[string]int        // failures in a row per pool
+	signers  map[string]mls.Signer // pool signature keys, read once
 }
 
+// poolsInParallel is how many pools are filled at once: enough inputs in flight that
+// the writer's groups stay large during a mass refill.
+const poolsInParallel = 8
+
 func newGenerator(w *Worker) *generator {
-	return &generator{w: w, kick: make(chan struct{}, 1), failures: map[string]int{}}
+	return &generator{w: w, kick: make(chan struct{}, 1), active: map[string]bool{}, failures: map[string]int{}, signers: map[string]mls.Signer{}}
 }
 
 func (g *generator) enqueue(r pool.GenerateRequest) {
@@ -40,6 +46,10 @@ func (g *generator) enqueue(r pool.GenerateRequest) {
 		g.dirty = append(g.dirty, r.Pool)
 	}
 	g.mu.Unlock()
+	g.wake()
+}
+
+func (g *generator) wake() {
 	select {
 	case g.kick <- struct{}{}:
 	default:
@@ -61,20 +71,25 @@ func (g *generator) resume() error {
 	return nil
 }
 
+// next takes the first queued pool that is not being filled, and marks it active.
 func (g *generator) next() (string, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if len(g.dirty) == 0 {
-		return "", false
+	for i, id := range g.dirty {
+		if !g.active[id] {
+			g.dirty = slices.Delete(g.dirty, i, i+1)
+			g.active[id] = true
+			return id, true
+		}
 	}
-	id := g.dirty[0]
-	g.dirty = g.dirty[1:]
-	return id, true
+	return "", false
 }
 
 func (g *generator) loop() {
 	defer g.w.loops.Done()
-	signers := map[string]mls.Signer{}
+	var fillers sync.WaitGroup
+	defer fillers.Wait()
+	slots := make(chan struct{}, poolsInParallel)
 	for {
 		id, ok := g.next()
 		if !ok {
@@ -85,14 +100,37 @@ func (g *generator) loop() {
 				continue
 			}
 		}
-		if !g.fill(id, signers) {
+		select {
+		case slots <- struct{}{}:
+		case <-g.w.ctx.Done():
 			return
 		}
+		fillers.Add(1)
+		go func() {
+			defer fillers.Done()
+			g.fill(id)
+			g.mu.Lock()
+			delete(g.active, id)
+			g.mu.Unlock()
+			<-slots
+			g.wake() // its pool may have been queued again meanwhile
+		}()
 	}
 }
 
+func (g *generator) failed(id string, reset bool) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if reset {
+		delete(g.failures, id)
+		return 0
+	}
+	g.failures[id]++
+	return g.failures[id]
+}
+
 // fill mints for one pool until its outstanding counters are zero. false means stop.
-func (g *generator) fill(id string, signers map[string]mls.Signer) bool {
+func (g *generator) fill(id string) bool {
 	w := g.w
 	for {
 		if w.ctx.Err() != nil {
@@ -107,6 +145,7 @@ func (g *generator) fill(id string, signers map[string]mls.Signer) bool {
 			return true
 		}
 		reqs := outstanding(p)
+		w.log.Debug("generation", "pool", id, "outstanding", reqs)
 		w.metrics.generatePending.WithLabelValues(id).Set(float64(p.Requested + b2i(p.LastResortRequested)))
 		if len(reqs) == 0 {
 			return true
@@ -117,20 +156,20 @@ func (g *generator) fill(id string, signers map[string]mls.Signer) bool {
 		if !reqs[0].LastResort {
 			n = min(reqs[0].Count, g.w.cfg.GenerateWorkers*genWindowPerWorker)
 		}
-		err = g.mintMany(p, reqs[0].LastResort, n, signers)
+		err = g.mintMany(p, reqs[0].LastResort, n)
 		var perm *permanentError
 		switch {
 		case err == nil:
-			g.failures[id] = 0
+			g.failed(id, true)
 		case errors.As(err, &perm):
 			// Not retried until the core asks again (next request, replenish, restart).
 			w.log.Warn("generation stopped for pool", "pool", id, "err", err)
 			g.report(p, err)
 			return true
 		default:
-			g.failures[id]++
-			w.log.Error("KeyPackage generation failed; retrying", "pool", id, "err", err, "failures", g.failures[id])
-			if g.failures[id] == reportAfter {
+			n := g.failed(id, false)
+			w.log.Error("KeyPackage generation failed; retrying", "pool", id, "err", err, "failures", n)
+			if n == reportAfter {
 				g.report(p, err)
 			}
 			return w.sleepCtx(time.Second) && g.retry(id)
@@ -185,8 +224,8 @@ const genWindowPerWorker = 8
 
 // mintMany mints n KeyPackages on GenerateWorkers goroutines, each committed as its own
 // `generated` input; it returns the first error (a permanent one first).
-func (g *generator) mintMany(p pool.Pool, lastResort bool, n int, signers map[string]mls.Signer) error {
-	signer, err := g.signer(p, signers)
+func (g *generator) mintMany(p pool.Pool, lastResort bool, n int) error {
+	signer, err := g.signer(p)
 	if err != nil {
 		return err
 	}
@@ -225,8 +264,10 @@ func (g *generator) mintMany(p pool.Pool, lastResort bool, n int, signers map[st
 }
 
 // signer is the pool's signature key, read once per pool.
-func (g *generator) signer(p pool.Pool, signers map[string]mls.Signer) (mls.Signer, error) {
-	if s := signers[p.ID]; s != nil {
+func (g *generator) signer(p pool.Pool) (mls.Signer, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if s := g.signers[p.ID]; s != nil {
 		return s, nil
 	}
 	priv, err := g.w.store.Secret(persistence.PoolSecretID(p.ID))
@@ -238,7 +279,7 @@ func (g *generator) signer(p pool.Pool, signers map[string]mls.Signer) (mls.Sign
 	if err != nil {
 		return nil, &permanentError{fmt.Errorf("pool %s signature key: %w", p.ID, err)}
 	}
-	signers[p.ID] = s
+	g.signers[p.ID] = s
 	return s, nil
 }
 

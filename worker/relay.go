@@ -7,6 +7,7 @@ import (
 
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/events/natsbus"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // relayBatch bounds how many outbox messages one pass holds in memory.
@@ -77,16 +78,36 @@ func (w *Worker) relayOnce(ctx context.Context) error {
 			w.metrics.outboxPending.Set(0)
 			return nil
 		}
+		// The batch goes out asynchronously, in order, and is confirmed in order: the
+		// first failure ends the pass, and what follows it is published again later
+		// (the stream drops the copies that had landed, by Nats-Msg-Id).
 		var done []string
 		var pubErr error
+		futures := make([]jetstream.PubAckFuture, 0, len(batch))
 		for _, o := range batch {
-			// A publish lost in a reconnect fails fast and is retried on the next pass.
-			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			pubErr = natsbus.PublishOutbound(pctx, w.js, w.subj, o)
-			cancel()
-			if pubErr != nil {
+			f, err := natsbus.PublishOutboundAsync(w.js, w.subj, o)
+			if err != nil {
+				pubErr = err
 				break
 			}
+			futures = append(futures, f)
+		}
+		timeout := time.NewTimer(5 * time.Second)
+	confirm:
+		for i, f := range futures {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				pubErr = err
+				break confirm
+			case <-timeout.C:
+				pubErr = fmt.Errorf("outbox message %s not confirmed within 5s", batch[i].ID)
+				break confirm
+			case <-ctx.Done():
+				pubErr = ctx.Err()
+				break confirm
+			}
+			o := batch[i]
 			done = append(done, o.ID)
 			w.sent[o.ID] = true
 			w.metrics.relayed.WithLabelValues(string(o.Kind)).Inc()
@@ -94,6 +115,7 @@ func (w *Worker) relayOnce(ctx context.Context) error {
 				w.metrics.observeStatus(o.Body)
 			}
 		}
+		timeout.Stop()
 		if len(done) > 0 {
 			w.ackOutbox(done)
 		}

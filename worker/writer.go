@@ -422,6 +422,7 @@ func (w *Worker) afterCommit(outs []outcome) {
 		case r.Duplicate:
 			result = "duplicate"
 		}
+		w.log.Debug("input", "stream_seq", o.in.seq, "type", o.ev.Type, "pool", o.ev.Pool, "id", o.ev.ID, "result", result)
 		w.metrics.events.WithLabelValues(string(o.ev.Type), result).Inc()
 		w.metrics.stepSeconds.Observe(time.Since(o.in.at).Seconds())
 		if o.call != nil {

@@ -22,6 +22,19 @@ func PublishOutbound(ctx context.Context, js jetstream.JetStream, s events.Subje
 	return nil
 }
 
+// PublishOutboundAsync publishes an outbox message without waiting for the stream's
+// acknowledgement (see PublishOutbound); the future says whether it was stored.
+func PublishOutboundAsync(js jetstream.JetStream, s events.Subjects, o events.Outbound) (jetstream.PubAckFuture, error) {
+	if err := events.ValidPoolID(o.Pool); err != nil {
+		return nil, fmt.Errorf("natsbus: outbox message %s: %w", o.ID, err)
+	}
+	f, err := js.PublishAsync(s.Outbound(o.Kind, o.Pool), o.Body, jetstream.WithMsgID(o.ID))
+	if err != nil {
+		return nil, fmt.Errorf("natsbus: relay %s %s: %w", o.Kind, o.ID, err)
+	}
+	return f, nil
+}
+
 // MaxDeadLetterData bounds the copy of the rejected payload in a dead letter.
 const MaxDeadLetterData = 1024
 
