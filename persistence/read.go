@@ -110,8 +110,27 @@ func (s *Store) Outbox(fn func(events.Outbound) error) error {
 	})
 }
 
-// AckOutbox removes messages the publisher confirmed, in its own transaction. While a
-// Committer runs, prefer Committer.Ack, which folds acks into the next batch.
+// OutboxAfter calls fn for the outbox messages whose key (their place in the outbox,
+// increasing) is above after, oldest first, so a relay can follow the outbox with a
+// cursor instead of reading it from its start each time.
+func (s *Store) OutboxAfter(after uint64, fn func(key uint64, o events.Outbound) error) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bOutbox).Cursor()
+		for k, val := c.Seek(seqKey(after + 1)); k != nil; k, val = c.Next() {
+			o, err := decodeOutbound(val)
+			if err != nil {
+				return fmt.Errorf("outbox entry %d: %w", seqOf(k), err)
+			}
+			if err := fn(seqOf(k), o); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// AckOutbox removes messages the publisher confirmed, in its own transaction (the
+// worker folds them into its writer's next transaction when it can).
 func (s *Store) AckOutbox(ids ...string) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return newTxView(tx).ackOutbox(ids) })
 }

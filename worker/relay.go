@@ -42,23 +42,19 @@ func (w *Worker) relayLoop() {
 	}
 }
 
-// relayOnce publishes every pending outbox message, oldest first. Each carries
-// Nats-Msg-Id = its outbox id, so publishing it again after a crash is deduplicated by
-// the stream. Published ids are removed from the outbox in the writer's next
-// transaction (no fsync of their own; flushAcks writes them when the writer is idle);
-// until then w.sent keeps them from going out twice.
+// relayOnce publishes every outbox message after the relay's cursor, oldest first. Each
+// carries Nats-Msg-Id = its outbox id, so publishing it again after a crash is
+// deduplicated by the stream. Published ids are removed from the outbox in the writer's
+// next transaction (no fsync of their own; flushAcks writes them when the writer is
+// idle); the cursor keeps them from going out twice meanwhile.
 func (w *Worker) relayOnce(ctx context.Context) error {
 	w.relayMu.Lock()
 	defer w.relayMu.Unlock()
 	for {
 		var batch []events.Outbound
-		live := map[string]bool{}
-		err := w.store.Outbox(func(o events.Outbound) error {
-			live[o.ID] = true
-			if w.sent[o.ID] {
-				return nil
-			}
-			batch = append(batch, o)
+		var keys []uint64
+		err := w.store.OutboxAfter(w.relayed, func(k uint64, o events.Outbound) error {
+			batch, keys = append(batch, o), append(keys, k)
 			if len(batch) >= relayBatch {
 				return errBatchFull
 			}
@@ -66,13 +62,6 @@ func (w *Worker) relayOnce(ctx context.Context) error {
 		})
 		if err != nil && err != errBatchFull {
 			return fmt.Errorf("read outbox: %w", err)
-		}
-		if err == nil { // a full pass: forget acks that are durable now
-			for id := range w.sent {
-				if !live[id] {
-					delete(w.sent, id)
-				}
-			}
 		}
 		if len(batch) == 0 {
 			w.metrics.outboxPending.Set(0)
@@ -109,7 +98,7 @@ func (w *Worker) relayOnce(ctx context.Context) error {
 			}
 			o := batch[i]
 			done = append(done, o.ID)
-			w.sent[o.ID] = true
+			w.relayed = keys[i]
 			w.metrics.relayed.WithLabelValues(string(o.Kind)).Inc()
 			if o.Kind == events.KindStatus {
 				w.metrics.observeStatus(o.Body)

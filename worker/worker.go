@@ -51,7 +51,7 @@ type Worker struct {
 
 	ncClosed  chan struct{}
 	relayMu   sync.Mutex
-	sent      map[string]bool // published outbox ids whose removal is not yet committed
+	relayed   uint64 // outbox key of the last message the relay published (relay.go)
 	relayKick chan struct{}
 	ackMu     sync.Mutex
 	acks      []string   // published outbox ids, removed in the writer's next transaction
@@ -87,7 +87,6 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		core:      &pool.Core{Defaults: *cfg.Defaults},
 		relayKick: make(chan struct{}, 1),
 		ncClosed:  make(chan struct{}),
-		sent:      map[string]bool{},
 		closed:    make(chan struct{}),
 
 		inputs: make(chan inbound, cfg.Batch),
