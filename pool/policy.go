@@ -52,12 +52,20 @@ func (t *txn) refill(p *Pool, force bool) {
 // them; extra `generated` inputs beyond the cap are refused, so this cannot overfill).
 func (t *txn) reissue(p *Pool) {
 	t.generate = slices.DeleteFunc(t.generate, func(g GenerateRequest) bool { return g.Pool == p.ID })
+	t.generate = append(t.generate, p.Outstanding()...)
+}
+
+// Outstanding is what the pool record still owes in generate requests, the last resort
+// first: the counters are durable, so the edge resumes an interrupted refill from them.
+func (p *Pool) Outstanding() []GenerateRequest {
+	var out []GenerateRequest
 	if p.LastResortRequested {
-		t.generate = append(t.generate, GenerateRequest{Pool: p.ID, Count: 1, LastResort: true})
+		out = append(out, GenerateRequest{Pool: p.ID, Count: 1, LastResort: true})
 	}
 	if p.Requested > 0 {
-		t.generate = append(t.generate, GenerateRequest{Pool: p.ID, Count: p.Requested})
+		out = append(out, GenerateRequest{Pool: p.ID, Count: p.Requested})
 	}
+	return out
 }
 
 // human writes a duration as days, hours, minutes and seconds ("7d", "1h30m", "90s").

@@ -63,7 +63,7 @@ func (g *generator) resume() error {
 		return fmt.Errorf("worker: read pools: %w", err)
 	}
 	for _, p := range pools {
-		for _, r := range outstanding(p) {
+		for _, r := range p.Outstanding() {
 			g.w.log.Info("resuming KeyPackage generation", "pool", p.ID, "count", r.Count, "last_resort", r.LastResort)
 			g.enqueue(r)
 		}
@@ -144,7 +144,7 @@ func (g *generator) fill(id string) bool {
 		if !ok {
 			return true
 		}
-		reqs := outstanding(p)
+		reqs := p.Outstanding()
 		w.log.Debug("generation", "pool", id, "outstanding", reqs)
 		w.metrics.generatePending.WithLabelValues(id).Set(float64(p.Requested + b2i(p.LastResortRequested)))
 		if len(reqs) == 0 {
