@@ -23,7 +23,9 @@ func publishTicks(b *testing.B, js jetstream.JetStream, s events.Subjects, n int
 	for i := range n {
 		p := pools[i%len(pools)]
 		ev := events.Event{ID: fmt.Sprintf("bench-%d-%d", t0.UnixNano(), i), Type: events.TypeExpiryTick, Time: t0, Pool: p}
-		if _, err := js.PublishAsync(s.Event(p, events.TypeExpiryTick), mustJSON(ev), jetstream.WithMsgID(ev.ID)); err != nil {
+		// A full window of unacknowledged publishes waits for room (the default 200ms stall
+		// wait fails the run when the worker shares the server's two cores).
+		if _, err := js.PublishAsync(s.Event(p, events.TypeExpiryTick), mustJSON(ev), jetstream.WithMsgID(ev.ID), jetstream.WithStallWait(time.Minute)); err != nil {
 			b.Fatal(err)
 		}
 	}
