@@ -181,7 +181,8 @@ func TestCapabilitiesRefusedAndLastResortOff(t *testing.T) {
 		t.Errorf("a refused registration left a pool: %v", err)
 	}
 
-	info, err := c.RegisterSealed(ctx(t), "wire", natsbus.RegisterRequest{Identity: "a", CipherSuite: 2, Policy: events.Policy{Target: new(3), LowWatermark: new(1), HardCap: new(6), LastResort: new(false)}})
+	info, err := c.RegisterSealed(ctx(t), "wire", natsbus.RegisterRequest{Identity: "a", CipherSuite: 2, Policy: events.Policy{Target: new(3), LowWatermark: new(1), HardCap: new(6), LastResort: new(false),
+		Capabilities: &events.Capabilities{Credentials: []events.CapabilityValue{"basic", "x509"}}}}) // docs/mls.md's Wire row
 	if err != nil || info.Policy.LastResort == nil || *info.Policy.LastResort {
 		t.Fatalf("register: %v, last_resort in force %v", err, info.Policy.LastResort)
 	}
@@ -194,8 +195,9 @@ func TestCapabilitiesRefusedAndLastResortOff(t *testing.T) {
 		t.Fatalf("status %+v (%v), last-resort uploads %d: want 3 available and no last resort", st, err, len(ds.refs("wire", true)))
 	}
 	for _, ref := range ds.refs("wire", false) {
-		if kp := getValid(t, c, "wire", ref, clock.Now(), mls.DefaultPolicy()); slices.Contains(kp.LeafNode.Capabilities.Extensions, mls.ExtensionLastResort) {
-			t.Errorf("%s lists last_resort", ref)
+		kp := getValid(t, c, "wire", ref, clock.Now(), mls.DefaultPolicy())
+		if lc := kp.LeafNode.Capabilities; slices.Contains(lc.Extensions, mls.ExtensionLastResort) || kp.IsLastResort() || !slices.Equal(lc.Credentials, []mls.CredentialType{1, 2}) {
+			t.Errorf("%s: extensions %v credentials %v, want no last_resort and [basic x509]", ref, lc.Extensions, lc.Credentials)
 		}
 	}
 }
