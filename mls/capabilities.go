@@ -28,6 +28,20 @@ const (
 	KindCredentials  CapabilityKind = "credentials"
 )
 
+// CapabilityKinds are the five lists in wire order; Lists and CapabilitiesFromLists use it.
+var CapabilityKinds = [5]CapabilityKind{KindVersions, KindCipherSuites, KindExtensions, KindProposals, KindCredentials}
+
+// Lists returns the capability lists as plain numbers, in CapabilityKinds order.
+func (c Capabilities) Lists() [5][]uint16 {
+	return [5][]uint16{slices.Clone(c.Versions), u16(c.CipherSuites), u16(c.Extensions), u16(c.Proposals), u16(c.Credentials)}
+}
+
+// CapabilitiesFromLists is the inverse of Lists.
+func CapabilitiesFromLists(l [5][]uint16) Capabilities {
+	return Capabilities{Versions: slices.Clone(l[0]), CipherSuites: retype[CipherSuite](l[1]), Extensions: retype[ExtensionType](l[2]),
+		Proposals: retype[ProposalType](l[3]), Credentials: retype[CredentialType](l[4])}
+}
+
 type namedValue struct {
 	name  string
 	value uint16
@@ -157,14 +171,10 @@ func CheckProfile(suite CipherSuite, cred CredentialType, c Capabilities, leafEx
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("mls: %w: %s", ErrCapabilities, fmt.Sprintf(format, a...))
 	}
-	for _, l := range []struct {
-		kind CapabilityKind
-		vals []uint16
-	}{{KindVersions, c.Versions}, {KindCipherSuites, u16(c.CipherSuites)}, {KindExtensions, u16(c.Extensions)},
-		{KindProposals, u16(c.Proposals)}, {KindCredentials, u16(c.Credentials)}} {
-		for i, v := range l.vals {
-			if slices.Contains(l.vals[:i], v) {
-				return bad("%s lists %s twice", l.kind, CapabilityName(l.kind, v))
+	for i, vals := range c.Lists() {
+		for j, v := range vals {
+			if slices.Contains(vals[:j], v) {
+				return bad("%s lists %s twice", CapabilityKinds[i], CapabilityName(CapabilityKinds[i], v))
 			}
 		}
 	}

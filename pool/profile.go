@@ -96,13 +96,10 @@ func profile(pol events.Policy) (mls.GenerateOptions, []string) {
 		}
 		return out
 	}
-	o.Capabilities = mls.Capabilities{
-		Versions:     parse(mls.KindVersions, c.Versions),
-		CipherSuites: retype[mls.CipherSuite](parse(mls.KindCipherSuites, c.CipherSuites)),
-		Extensions:   retype[mls.ExtensionType](parse(mls.KindExtensions, c.Extensions)),
-		Proposals:    retype[mls.ProposalType](parse(mls.KindProposals, c.Proposals)),
-		Credentials:  retype[mls.CredentialType](parse(mls.KindCredentials, c.Credentials)),
-	}
+	o.Capabilities = mls.CapabilitiesFromLists([5][]uint16{
+		parse(mls.KindVersions, c.Versions), parse(mls.KindCipherSuites, c.CipherSuites), parse(mls.KindExtensions, c.Extensions),
+		parse(mls.KindProposals, c.Proposals), parse(mls.KindCredentials, c.Credentials),
+	})
 	exts := func(field string, in []events.Extension) []mls.Extension {
 		var out []mls.Extension
 		for i, e := range in {
@@ -121,14 +118,6 @@ func profile(pol events.Policy) (mls.GenerateOptions, []string) {
 	o.LeafExtensions = exts("leaf_extensions", c.LeafExtensions)
 	o.KeyPackageExtensions = exts("key_package_extensions", c.KeyPackageExtensions)
 	return o, problems
-}
-
-func retype[T ~uint16](l []uint16) []T {
-	out := make([]T, len(l))
-	for i, v := range l {
-		out[i] = T(v)
-	}
-	return out
 }
 
 // InForce is the policy a pool runs with: every Config field, whether it keeps a last

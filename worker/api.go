@@ -265,20 +265,11 @@ func (w *Worker) apiGet(id string, data []byte) (any, error) {
 	info := natsbus.KeyPackageInfo{Pool: kp.Pool, Ref: kp.Ref, State: string(kp.State), KeyPackage: kp.KeyPackage,
 		NotBefore: kp.NotBefore, NotAfter: kp.NotAfter, LastResort: kp.LastResort, Used: kp.Used, Attempt: kp.Attempt, Reason: kp.Reason}
 	if m, err := mls.DecodeMLSMessage(kp.KeyPackage); err == nil { // stored ones decode; a tombstone has no bytes
-		c := m.LeafNode.Capabilities
+		l := m.LeafNode.Capabilities.Lists()
 		info.CredentialType = uint16(m.LeafNode.Credential.Type)
-		info.Capabilities = &natsbus.Capabilities{Versions: c.Versions, CipherSuites: u16s(c.CipherSuites),
-			Extensions: u16s(c.Extensions), Proposals: u16s(c.Proposals), Credentials: u16s(c.Credentials)}
+		info.Capabilities = &natsbus.Capabilities{Versions: l[0], CipherSuites: l[1], Extensions: l[2], Proposals: l[3], Credentials: l[4]}
 	}
 	return info, nil
-}
-
-func u16s[T ~uint16](l []T) []uint16 {
-	out := make([]uint16, len(l))
-	for i, v := range l {
-		out[i] = uint16(v)
-	}
-	return out
 }
 
 // apiTake consumes a KeyPackage and returns its private bundle sealed to recipient_key.

@@ -121,8 +121,8 @@ func getValid(t *testing.T, c *natsbus.Client, poolID, ref string, at time.Time,
 		t.Fatalf("%s/%s: %v", poolID, ref, err)
 	}
 	lc := kp.LeafNode.Capabilities
-	want := natsbus.Capabilities{Versions: lc.Versions, CipherSuites: nums(lc.CipherSuites), Extensions: nums(lc.Extensions),
-		Proposals: nums(lc.Proposals), Credentials: nums(lc.Credentials)}
+	l := lc.Lists()
+	want := natsbus.Capabilities{Versions: l[0], CipherSuites: l[1], Extensions: l[2], Proposals: l[3], Credentials: l[4]}
 	if info.Capabilities == nil || fmt.Sprint(*info.Capabilities) != fmt.Sprint(want) || info.CredentialType != uint16(kp.LeafNode.Credential.Type) {
 		t.Errorf("%s/%s: keypackage.get shows capabilities %+v credential %d, the KeyPackage has %+v %d", poolID, ref, info.Capabilities, info.CredentialType, want, kp.LeafNode.Credential.Type)
 	}
@@ -143,14 +143,6 @@ func mustEd25519(t *testing.T) ed25519.PublicKey {
 		t.Fatal(err)
 	}
 	return pub
-}
-
-func nums[T ~uint16](l []T) []uint16 {
-	out := make([]uint16, len(l))
-	for i, v := range l {
-		out[i] = uint16(v)
-	}
-	return out
 }
 
 // Bad capability configurations are refused by the API with the reason, and create

@@ -277,22 +277,12 @@ func inspectLine(n int, line string, decode func(string) ([]byte, error), at tim
 }
 
 func capabilityNames(c mls.Capabilities) *events.Capabilities {
-	named := func(kind mls.CapabilityKind, l []uint16) []events.CapabilityValue {
-		out := make([]events.CapabilityValue, len(l))
-		for i, v := range l {
-			out[i] = events.CapabilityValue(mls.CapabilityName(kind, v))
+	var named [5][]events.CapabilityValue
+	for i, l := range c.Lists() {
+		named[i] = make([]events.CapabilityValue, len(l))
+		for j, v := range l {
+			named[i][j] = events.CapabilityValue(mls.CapabilityName(mls.CapabilityKinds[i], v))
 		}
-		return out
 	}
-	return &events.Capabilities{Versions: named(mls.KindVersions, c.Versions), CipherSuites: named(mls.KindCipherSuites, u16s(c.CipherSuites)),
-		Extensions: named(mls.KindExtensions, u16s(c.Extensions)), Proposals: named(mls.KindProposals, u16s(c.Proposals)),
-		Credentials: named(mls.KindCredentials, u16s(c.Credentials))}
-}
-
-func u16s[T ~uint16](l []T) []uint16 {
-	out := make([]uint16, len(l))
-	for i, v := range l {
-		out[i] = uint16(v)
-	}
-	return out
+	return &events.Capabilities{Versions: named[0], CipherSuites: named[1], Extensions: named[2], Proposals: named[3], Credentials: named[4]}
 }
