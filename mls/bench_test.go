@@ -109,6 +109,10 @@ func tbsContents(kp *KeyPackage) (leaf, whole []byte) {
 }
 
 func bareHPKEKey(b *testing.B, p *suiteParams) {
+	if p.kem.pq() {
+		barePQKey(b, p)
+		return
+	}
 	if p.kem == kemX448 {
 		var sk, pk x448.Key
 		if _, err := rand.Read(sk[:]); err != nil {
@@ -125,6 +129,12 @@ func bareHPKEKey(b *testing.B, p *suiteParams) {
 }
 
 func bareVerify(p *suiteParams, pub, init, enc, m1, m2, s1, s2 []byte) bool {
+	if p.kem.pq() && (!barePQPublic(p, init) || !barePQPublic(p, enc)) {
+		return false
+	}
+	if p.sig == sigMLDSA87 {
+		return bareMLDSAVerify(pub, m1, m2, s1, s2)
+	}
 	if p.ecdh != nil && p.kem != kemX25519 {
 		if _, err := p.ecdh.NewPublicKey(init); err != nil {
 			return false
