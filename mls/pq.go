@@ -3,6 +3,7 @@ package mls
 import (
 	"crypto"
 	"crypto/hpke"
+	"crypto/mlkem"
 	"crypto/sha256"
 	"crypto/sha512"
 	"fmt"
@@ -78,12 +79,27 @@ func newPQKey(p *suiteParams, rand io.Reader) (priv, pub []byte, err error) {
 }
 
 // pqPublicFromSeed expects a seed of the right length (normalizeHPKEPriv checked it).
+// ML-KEM-768/1024 go to crypto/mlkem directly: crypto/hpke's private key copies the
+// encapsulation key twice on the way (tens of KB per key, see docs/benchmarks.md).
 func pqPublicFromSeed(p *suiteParams, seed []byte) ([]byte, error) {
-	if p.kem == kemMLKEM512 {
+	switch p.kem {
+	case kemMLKEM512:
 		pk, _ := mlkem512.NewKeyFromSeed(seed)
 		pub := make([]byte, mlkem512.PublicKeySize)
 		pk.Pack(pub)
 		return pub, nil
+	case kemMLKEM768:
+		dk, err := mlkem.NewDecapsulationKey768(seed)
+		if err != nil {
+			return nil, fmt.Errorf("mls: %w", ErrInvalidPrivateKey)
+		}
+		return dk.EncapsulationKey().Bytes(), nil
+	case kemMLKEM1024:
+		dk, err := mlkem.NewDecapsulationKey1024(seed)
+		if err != nil {
+			return nil, fmt.Errorf("mls: %w", ErrInvalidPrivateKey)
+		}
+		return dk.EncapsulationKey().Bytes(), nil
 	}
 	k, err := stdKEM(p).NewPrivateKey(seed)
 	if err != nil {
