@@ -2,10 +2,12 @@ package worker_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -15,7 +17,9 @@ import (
 	"github.com/kpool/kpool/events/natsbus"
 	"github.com/kpool/kpool/internal/testcert"
 	"github.com/kpool/kpool/mls"
+	"github.com/kpool/kpool/persistence"
 	"github.com/kpool/kpool/pool"
+	"github.com/kpool/kpool/replay"
 )
 
 // Through the worker, for every cipher suite: a pool listing credentials [basic, x509]
@@ -25,10 +29,30 @@ import (
 func TestCapabilitiesEverySuite(t *testing.T) {
 	ns := startNATS(t)
 	clock := newClock()
-	startWorker(t, ns.URL(), t.TempDir(), clock)
-	_, c := connect(t, ns.URL())
+	dir := t.TempDir()
+	w := startWorker(t, ns.URL(), dir, clock)
+	nc, c := connect(t, ns.URL())
 	ds := startDS(t, c, true)
 	small := events.Policy{Target: new(2), LowWatermark: new(1), HardCap: new(6)}
+	// Registrations with capabilities and chains replay exactly (checked after the suites).
+	defer func() {
+		if t.Failed() {
+			return
+		}
+		waitIdle(t, w, nc, events.DefaultPrefix)
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		st, err := persistence.Open(filepath.Join(dir, "kpool.db"), persistence.Options{ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		diff, sum, err := replay.Verify(context.Background(), st, &pool.Core{Defaults: *testDefaults()})
+		if err != nil || len(diff) > 0 || sum.Applied < 100 {
+			t.Fatalf("replay of the journal: %v, differences %v, %d inputs applied", err, diff, sum.Applied)
+		}
+	}()
 
 	for _, suite := range mls.AllSuites {
 		t.Run(fmt.Sprint("suite", uint16(suite)), func(t *testing.T) {
