@@ -294,23 +294,31 @@ func TestKillOrdering(t *testing.T) {
 // NATS is away, and returns it as sent.
 func publishEvent(t *testing.T, c *natsbus.Client, ev events.Event) events.Event {
 	t.Helper()
+	sent, err := tryPublish(c, ev, 60*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sent
+}
+
+// tryPublish is publishEvent for goroutines other than the test's.
+func tryPublish(c *natsbus.Client, ev events.Event, within time.Duration) (events.Event, error) {
 	var err error
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
 		pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		var sent events.Event
 		sent, err = c.Publish(pctx, ev)
 		cancel()
 		if err == nil {
-			return sent
+			return sent, nil
 		}
 		if !errors.Is(err, context.DeadlineExceeded) && !isTransient(err) {
-			t.Fatalf("publish %s: %v", ev.ID, err)
+			return sent, fmt.Errorf("publish %s: %w", ev.ID, err)
 		}
 		time.Sleep(50 * time.Millisecond) // retry interval while NATS comes back
 	}
-	t.Fatalf("publish %s: not accepted within 60s: %v", ev.ID, err)
-	return ev
+	return ev, fmt.Errorf("publish %s: not accepted within %v: %w", ev.ID, within, err)
 }
 
 // isTransient: errors a publish meets while the server restarts.
@@ -408,7 +416,7 @@ func readStream(t *testing.T, js jetstream.JetStream, stream, subject string) []
 		if ci.NumPending == 0 {
 			return out
 		}
-		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(5*time.Second))
+		batch, err := cons.Fetch(int(min(256, ci.NumPending)), jetstream.FetchMaxWait(10*time.Second))
 		if err != nil {
 			t.Fatalf("read %s: %v", stream, err)
 		}
