@@ -67,3 +67,10 @@ tidy-check:
 # (docs/benchmarks.md); `make bench-e2e QUICK=1` for the short run
 bench-e2e:
 	$(GO) run ./cmd/bench-e2e $(if $(QUICK),-quick,)
+
+# the long crash soak (docs/operations.md#crash-behaviour-tested): 500 SIGKILLs and 20 NATS
+# restarts under load, then the full audit. KPOOL_SOAK_KILLS, KPOOL_SOAK_RESTARTS and
+# KPOOL_SOAK_SEED change it; CI runs the bounded TestKillLoop and TestNATSRestartsUnderLoad.
+.PHONY: soak
+soak:
+	KPOOL_SOAK=1 $(GO) test ./worker -run '^TestSoak$$' -count=1 -v -timeout 2h

@@ -228,8 +228,9 @@ func runSoak(t *testing.T, plan soakPlan) soakFigures {
 	go func() { defer load.Done(); r.ticker() }()
 
 	// The faults. Kill points: right after the DS published an ack, right after the
-	// worker committed a few more inputs, or after a random delay; NATS restarts are
-	// spread over the kills (or, without kills, come every few hundred inputs).
+	// worker committed a few more inputs, or after a random delay. NATS restarts are
+	// spread over the kills, alternately while the worker is down and while it runs;
+	// after each restart under a running worker it must apply inputs again.
 	f := soakFigures{}
 	restartEvery := 0
 	if plan.natsRestarts > 0 && plan.kills > 0 {
@@ -252,21 +253,24 @@ func runSoak(t *testing.T, plan soakPlan) soakFigures {
 			time.Sleep(time.Duration(rng.IntN(300)) * time.Millisecond) // a random kill point
 		}
 		cur.running()
+		restart := f.natsRestarts < plan.natsRestarts && (f.kills >= plan.kills || restartEvery > 0 && (f.kills+1)%restartEvery == 0)
 		if f.kills < plan.kills {
 			cur.kill()
 			if !cur.killedBySIGKILL() {
 				t.Fatalf("child ended with %v, not SIGKILL\n%s", cur.waitErr, cur.stderr.String())
 			}
 			f.kills++
-			if restartEvery > 0 && f.kills%restartEvery == 0 && f.natsRestarts < plan.natsRestarts {
-				ns.Restart() // while the worker is down, half the time
+			if restart && f.natsRestarts%2 == 0 {
+				ns.Restart() // while the worker is down
 				f.natsRestarts++
+				restart = false
 			}
 			cur = startChild(t, dir, ns.URL())
-		} else {
+		}
+		if restart {
 			ns.Restart() // under load, the worker running
 			f.natsRestarts++
-			// The worker recovers: it applies more inputs before the next restart.
+			// The worker recovers: it applies more inputs before the next fault.
 			from := cur.applied.Load()
 			eventually(t, 2*time.Minute, "the worker applying inputs again after a NATS restart", func() bool {
 				return cur.running() && cur.applied.Load() >= from+20
