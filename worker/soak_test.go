@@ -151,10 +151,11 @@ func (l *ledger) pending(m map[string][]string, p string) int {
 
 // soakRun holds a run's moving parts.
 type soakRun struct {
-	t    *testing.T
-	c    *natsbus.Client
-	l    *ledger
-	stop chan struct{}
+	t          *testing.T
+	c          *natsbus.Client
+	l          *ledger
+	stop       chan struct{} // the load stops
+	claimsDone chan struct{} // the claimers stopped: the takers finish what is claimed
 }
 
 // publish publishes ev until JetStream accepts it (same id, so a retry is deduplicated)
@@ -180,7 +181,7 @@ func runSoak(t *testing.T, plan soakPlan) soakFigures {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &soakRun{t: t, c: c, stop: make(chan struct{}),
+	r := &soakRun{t: t, c: c, stop: make(chan struct{}), claimsDone: make(chan struct{}),
 		l: &ledger{published: map[poolID]events.Event{}, acked: map[string][]string{}, claimed: map[string][]string{}, takes: map[string]string{}, kick: make(chan struct{}, 1)}}
 
 	pools := make([]string, plan.pools)
@@ -218,10 +219,11 @@ func runSoak(t *testing.T, plan soakPlan) soakFigures {
 		t.Fatal(err)
 	}
 
-	var load sync.WaitGroup
+	var claimers, load sync.WaitGroup
 	for _, p := range pools {
-		load.Add(2)
-		go func() { defer load.Done(); r.claimer(p) }()
+		claimers.Add(1)
+		load.Add(1)
+		go func() { defer claimers.Done(); r.claimer(p) }()
 		go func() { defer load.Done(); r.taker(p) }()
 	}
 	load.Add(1)
@@ -281,6 +283,8 @@ func runSoak(t *testing.T, plan soakPlan) soakFigures {
 	// Quiesce: stop the load, let the takes in hand finish, stop the DS, then wait until
 	// the worker applied the whole stream and stop it gracefully.
 	close(r.stop)
+	waitGroup(t, &claimers, 3*time.Minute, "the claimers to stop")
+	close(r.claimsDone)
 	waitGroup(t, &load, 5*time.Minute, "the load to finish its takes")
 	stopDS()
 	last := streamLast(t, js)
@@ -326,7 +330,7 @@ func (r *soakRun) taker(p string) {
 		ref, ok := r.l.pop(r.l.claimed, p)
 		if !ok {
 			select {
-			case <-r.stop:
+			case <-r.claimsDone:
 				if r.l.pending(r.l.claimed, p) == 0 {
 					return
 				}
