@@ -145,7 +145,7 @@ func (w *Worker) apiRegister(id string, data []byte) (any, error) {
 		reg.SignatureKey = existing.SignatureKey
 	} else {
 		if !mls.CipherSuite(body.CipherSuite).Valid() {
-			return nil, &events.FieldError{Field: "cipher_suite", Reason: fmt.Sprintf("%d is not an RFC 9420 cipher suite (1-7)", body.CipherSuite)}
+			return nil, &events.FieldError{Field: "cipher_suite", Reason: fmt.Sprintf("%d is not a supported cipher suite (1-7, 77-88)", body.CipherSuite)}
 		}
 		priv, pub, err := mls.NewSignatureKey(mls.CipherSuite(body.CipherSuite), w.cfg.Rand)
 		if err != nil {
