@@ -3,9 +3,11 @@ package persistence
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"iter"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/fsm"
@@ -19,9 +21,20 @@ import (
 // live KeyPackage and absent for deleted ones (decrypted when the store has a key),
 // outbox index, and pool.CheckPool for every pool. It reads every record: a tool for
 // `worker db check` and tests, never for start-up.
+//
+// The page structure is walked with plain reads first (verifyPages): a damaged file
+// returns its *CorruptError before bbolt reads a page of it, so a check never crashes,
+// and every page is visited once, so it never loops.
 func (s *Store) Check(report func(problem string)) error {
-	return s.db.View(func(tx *bolt.Tx) error {
-		add := func(f string, a ...any) { report(fmt.Sprintf(f, a...)) }
+	add := func(f string, a ...any) { report(fmt.Sprintf(f, a...)) }
+	warning, err := verifyPages(s.path)
+	if err != nil {
+		return err
+	}
+	if warning != "" {
+		add("%s", warning)
+	}
+	return s.view(func(tx *bolt.Tx) error {
 		for err := range tx.Check() {
 			add("bbolt: %v", err)
 		}
@@ -35,7 +48,7 @@ func (s *Store) Check(report func(problem string)) error {
 		s.checkOutbox(v, add)
 		return v.pools.ForEach(func(k, val []byte) error {
 			var p pool.Pool
-			if err := json.Unmarshal(val, &p); err != nil {
+			if err := decodeRecord(val, &p); err != nil {
 				add("pool %q: %v", k, err)
 				return nil
 			}
@@ -62,9 +75,12 @@ func (s *Store) checkJournal(v *txView, meta pool.Meta, add func(string, ...any)
 		}
 		last = seq
 		var ev events.Event
-		if err := json.Unmarshal(val, &ev); err != nil {
+		if err := decodeRecord(val, &ev); err != nil {
 			add("journal %d: %v", seq, err)
 			continue
+		}
+		if err := events.Validate(ev); err != nil {
+			add("journal %d: %v", seq, err)
 		}
 		got, digest, ok := parseSeen(v.seen.Get(seenKey(ev.Pool, ev.ID)))
 		switch {
@@ -95,8 +111,8 @@ func (s *Store) checkRecords(v *txView, add func(string, ...any)) {
 	_ = v.kps.ForEach(func(k, val []byte) error {
 		records++
 		var kp pool.KeyPackage
-		if err := json.Unmarshal(val, &kp); err != nil {
-			add("keypackage %s: %v", k, err)
+		if err := decodeRecord(val, &kp); err != nil {
+			add("keypackage %x: %v", k, err)
 			return nil
 		}
 		if kp.Ref != string(k) {
@@ -161,8 +177,13 @@ func (s *Store) checkOutbox(v *txView, add func(string, ...any)) {
 	_ = v.outboxIDs.ForEach(func(id, key []byte) error {
 		n++
 		val := v.outbox.Get(key)
-		if o, err := decodeOutbound(val); val == nil || err != nil || o.ID != string(id) {
-			add("outbox: id %s does not name its entry", id)
+		o, err := decodeOutbound(val)
+		if val == nil || err != nil || o.ID != string(id) {
+			add("outbox: id %x does not name its entry", id)
+			return nil
+		}
+		if err := checkOutboundBody(o); err != nil {
+			add("outbox %s: %v", id, err)
 		}
 		return nil
 	})
@@ -187,4 +208,52 @@ func poolKPs(v *txView, poolID string, add func(string, ...any)) iter.Seq[pool.K
 			}
 		}
 	}
+}
+
+// decodeRecord reads a stored JSON record the way it was written: valid UTF-8, no field
+// the type does not have. encoding/json alone would read a damaged byte as U+FFFD, or a
+// damaged name as an unknown field, and carry on.
+func decodeRecord(b []byte, v any) error {
+	if !utf8.Valid(b) {
+		return errors.New("record is not valid UTF-8 (damaged)")
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("record does not decode (damaged): %v", err)
+	}
+	return nil
+}
+
+// checkOutboundBody decodes an outbox message's body as its kind's type and checks that
+// it names the message's pool (which picks the subject it is published on).
+func checkOutboundBody(o events.Outbound) error {
+	if err := events.ValidPoolID(o.Pool); err != nil {
+		return err
+	}
+	var body struct {
+		Pool string `json:"pool"`
+	}
+	var v any
+	switch o.Kind {
+	case events.KindUpload:
+		v = &events.Upload{}
+	case events.KindWithdraw:
+		v = &events.Withdraw{}
+	case events.KindStatus:
+		v = &events.Status{}
+	case events.KindTransition:
+		v = &events.Transition{}
+	case events.KindAlert:
+		v = &events.Alert{}
+	default:
+		return fmt.Errorf("unknown kind %q", o.Kind)
+	}
+	if err := decodeRecord(o.Body, v); err != nil {
+		return err
+	}
+	if err := json.Unmarshal(o.Body, &body); err != nil || body.Pool != o.Pool {
+		return fmt.Errorf("body names pool %q, the entry %q", body.Pool, o.Pool)
+	}
+	return nil
 }

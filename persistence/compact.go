@@ -21,7 +21,7 @@ func (s *Store) CompactTo(dst string) error {
 	if err != nil {
 		return fmt.Errorf("compact: %w", err)
 	}
-	if err := bolt.Compact(out, s.db, 64<<20); err != nil {
+	if err := guard(s.path, func() error { return bolt.Compact(out, s.db, 64<<20) }); err != nil {
 		out.Close()
 		os.Remove(dst)
 		return fmt.Errorf("compact: %w", err)

@@ -15,6 +15,8 @@ var (
 	ErrKeyFileInvalid = errors.New("key file is not a 32-byte key")
 	// ErrKeyFileMissing: the database holds sealed records but the key file is absent.
 	ErrKeyFileMissing = errors.New("key file missing for a database that holds sealed records")
+	// ErrDatabaseMissing: the key file exists but its database is missing or empty.
+	ErrDatabaseMissing = errors.New("key file without its database")
 	// ErrNoKeyFile: Options.KeyFile is empty on a writable open.
 	ErrNoKeyFile = errors.New("no key file configured")
 	// ErrWrongKey: the key does not decrypt the records of this database.

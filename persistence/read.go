@@ -12,7 +12,7 @@ import (
 
 // View runs fn with a read-only pool.View of the committed state.
 func (s *Store) View(fn func(pool.View) error) error {
-	return s.db.View(func(tx *bolt.Tx) error { return fn(newTxView(tx)) })
+	return s.view(func(tx *bolt.Tx) error { return fn(newTxView(tx)) })
 }
 
 // Meta is the last applied sequence and time.
@@ -31,7 +31,7 @@ func (s *Store) Pool(id string) (p pool.Pool, ok bool, err error) {
 // records, so start-up reads them and never the KeyPackages.
 func (s *Store) Pools() ([]pool.Pool, error) {
 	var out []pool.Pool
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bPools).ForEach(func(k, val []byte) error {
 			var p pool.Pool
 			if err := json.Unmarshal(val, &p); err != nil {
@@ -54,7 +54,7 @@ func (s *Store) KeyPackage(ref string) (kp pool.KeyPackage, ok bool, err error) 
 // returns false. It reads the per-pool index, not every pool's records.
 func (s *Store) KeyPackages(poolID string, fn func(pool.KeyPackage) bool) error {
 	prefix := poolKPKey(poolID, "")
-	return s.db.View(func(tx *bolt.Tx) error {
+	return s.view(func(tx *bolt.Tx) error {
 		v := newTxView(tx)
 		c := v.poolKPs.Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
@@ -77,7 +77,7 @@ func (s *Store) KeyPackages(poolID string, fn func(pool.KeyPackage) bool) error 
 // Journal calls fn for the journaled inputs with from <= seq <= to (to == 0: no upper
 // bound), in sequence order.
 func (s *Store) Journal(from, to uint64, fn func(seq uint64, ev events.Event) error) error {
-	return s.db.View(func(tx *bolt.Tx) error {
+	return s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bJournal).Cursor()
 		for k, val := c.Seek(seqKey(from)); k != nil; k, val = c.Next() {
 			seq := seqOf(k)
@@ -99,7 +99,7 @@ func (s *Store) Journal(from, to uint64, fn func(seq uint64, ev events.Event) er
 // Outbox calls fn for every unconfirmed outbound message, oldest first. At start-up
 // the worker publishes them again (same ids, so NATS deduplicates).
 func (s *Store) Outbox(fn func(events.Outbound) error) error {
-	return s.db.View(func(tx *bolt.Tx) error {
+	return s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bOutbox).ForEach(func(k, val []byte) error {
 			o, err := decodeOutbound(val)
 			if err != nil {
@@ -132,13 +132,13 @@ func (s *Store) OutboxAfter(after uint64, fn func(key uint64, o events.Outbound)
 // AckOutbox removes messages the publisher confirmed, in its own transaction (the
 // worker folds them into its writer's next transaction when it can).
 func (s *Store) AckOutbox(ids ...string) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return newTxView(tx).ackOutbox(ids) })
+	return s.update(func(tx *bolt.Tx) error { return newTxView(tx).ackOutbox(ids) })
 }
 
 // Secret decrypts the private material stored under id (hex ref, or PoolSecretID).
 // The caller should clear the returned slice after use.
 func (s *Store) Secret(id string) (plain []byte, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		plain, err = s.secretIn(newTxView(tx), id)
 		return err
 	})
@@ -147,7 +147,7 @@ func (s *Store) Secret(id string) (plain []byte, err error) {
 
 // HasSecret reports whether private material is stored under id, without decrypting.
 func (s *Store) HasSecret(id string) (ok bool, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error { ok = newTxView(tx).hasSecret(id); return nil })
+	err = s.view(func(tx *bolt.Tx) error { ok = newTxView(tx).hasSecret(id); return nil })
 	return ok, err
 }
 

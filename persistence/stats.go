@@ -28,7 +28,7 @@ type Stats struct {
 // Stats reads the counters of every bucket in one read transaction.
 func (s *Store) Stats() (st Stats, err error) {
 	st.Path = s.path
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		v := newTxView(tx)
 		st.FileSize = tx.Size()
 		st.PageSize = s.db.Info().PageSize

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -31,6 +32,12 @@ type Options struct {
 	// MaxSize bounds the file in bytes; a commit that would grow it further fails.
 	// 0: no limit.
 	MaxSize int
+	// NewDatabase allows creating a new database when the key file already exists.
+	// Without it a key file beside a missing or empty database is refused
+	// (ErrDatabaseMissing): the key belongs to a database that is gone, and starting
+	// afresh would silently drop every pool (while the durable consumer has acknowledged
+	// the events that built them).
+	NewDatabase bool
 	// NoSync skips fsync on commit. Only for tests and benchmarks: a crash may lose
 	// committed transactions.
 	NoSync bool
@@ -57,18 +64,29 @@ func Open(path string, opts Options) (*Store, error) {
 	if opts.KeyFile == "" && !opts.ReadOnly {
 		return nil, fmt.Errorf("open %s: %w (set --key-file)", path, ErrNoKeyFile)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:  opts.Timeout,
-		ReadOnly: opts.ReadOnly,
-		NoSync:   opts.NoSync,
-		MaxSize:  opts.MaxSize,
-		// Read-only tools report free pages (bytes that may linger, docs/storage.md).
-		PreLoadFreelist: opts.ReadOnly,
-		FreelistType:    bolt.FreelistMapType,
-		// Growing the mapping waits for every read transaction to end; the step stage
-		// and API readers hold them all the time. Address space is cheap: map 1 GiB up
-		// front so that growth rarely stalls a commit.
-		InitialMmapSize: initialMmap,
+	if err := checkKeyBinding(path, opts); err != nil {
+		return nil, err
+	}
+	// bbolt maps the file and trusts it; check what it would trust first.
+	if err := checkFile(path); err != nil {
+		return nil, err
+	}
+	var db *bolt.DB
+	err := guard(path, func() (err error) {
+		db, err = bolt.Open(path, 0o600, &bolt.Options{
+			Timeout:  opts.Timeout,
+			ReadOnly: opts.ReadOnly,
+			NoSync:   opts.NoSync,
+			MaxSize:  opts.MaxSize,
+			// Read-only tools report free pages (bytes that may linger, docs/storage.md).
+			PreLoadFreelist: opts.ReadOnly,
+			FreelistType:    bolt.FreelistMapType,
+			// Growing the mapping waits for every read transaction to end; the step stage
+			// and API readers hold them all the time. Address space is cheap: map 1 GiB up
+			// front so that growth rarely stalls a commit.
+			InitialMmapSize: initialMmap,
+		})
+		return err
 	})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open %s: %w (lock not acquired within %v)", path, ErrLocked, opts.Timeout)
@@ -77,11 +95,34 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	s := &Store{db: db, path: path, opts: opts}
-	if err := s.init(); err != nil {
+	if err := guard(path, s.init); err != nil {
 		db.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// checkKeyBinding refuses to create a database beside a key file that already exists,
+// unless NewDatabase says to: a key file belongs to the database it was created with (the
+// database holds a check value sealed under it), so a missing or emptied database next to
+// it is a lost database, not a first start.
+func checkKeyBinding(path string, opts Options) error {
+	if opts.ReadOnly || opts.NewDatabase || opts.KeyFile == "" {
+		return nil
+	}
+	exists, empty, err := fileState(path)
+	if err != nil || !empty {
+		return err
+	}
+	if _, err := os.Stat(opts.KeyFile); err != nil {
+		return nil // no key file either: a first start creates both
+	}
+	state := "is missing"
+	if exists {
+		state = "is empty (0 bytes)"
+	}
+	return &KeyFileError{Path: opts.KeyFile, Err: ErrDatabaseMissing,
+		Reason: fmt.Sprintf("database %s %s; restore it from a backup, or start with --new-database to create an empty one under this key (every pool is lost)", path, state)}
 }
 
 func (s *Store) init() error {
@@ -89,7 +130,7 @@ func (s *Store) init() error {
 		return err
 	}
 	var check []byte
-	if err := s.db.View(func(tx *bolt.Tx) error {
+	if err := s.view(func(tx *bolt.Tx) error {
 		check = bytes.Clone(tx.Bucket(bMeta).Get(kKeyCheck))
 		return nil
 	}); err != nil {
@@ -119,7 +160,7 @@ func (s *Store) init() error {
 		if err != nil {
 			return err
 		}
-		if err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := s.update(func(tx *bolt.Tx) error {
 			return tx.Bucket(bMeta).Put(kKeyCheck, sealed)
 		}); err != nil {
 			return err
