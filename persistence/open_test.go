@@ -267,3 +267,68 @@ func TestPlaintextNeverInFile(t *testing.T) {
 		t.Fatal("scan is blind: public KeyPackage bytes not found either")
 	}
 }
+
+// TestKeyFileWithoutDatabase: a key file beside a missing or emptied database is refused
+// (it used to start with 0 pools while the stream's events were already acknowledged);
+// NewDatabase creates a new database under the existing key; a first start creates both.
+func TestKeyFileWithoutDatabase(t *testing.T) {
+	db, key := populated(t)
+	keyBefore := fileBytes(t, key)
+	for _, tc := range []struct {
+		name  string
+		state string
+		prep  func()
+	}{
+		{"emptied", "is empty (0 bytes)", func() { os.Truncate(db, 0) }},
+		{"removed", "is missing", func() { os.Remove(db) }},
+	} {
+		tc.prep()
+		_, err := Open(db, Options{KeyFile: key})
+		if !errors.Is(err, ErrDatabaseMissing) || !strings.Contains(err.Error(), tc.state) || !strings.Contains(err.Error(), "--new-database") {
+			t.Fatalf("%s database: %v", tc.name, err)
+		}
+		if st, err := os.Stat(db); err == nil && st.Size() != 0 {
+			t.Fatalf("%s database: refused open wrote %d bytes", tc.name, st.Size())
+		}
+	}
+	s, err := Open(db, Options{KeyFile: key, NewDatabase: true})
+	if err != nil {
+		t.Fatalf("NewDatabase: %v", err)
+	}
+	if pools, err := s.Pools(); err != nil || len(pools) != 0 {
+		t.Fatalf("new database holds %v %v", pools, err)
+	}
+	s.Close()
+	if !bytes.Equal(fileBytes(t, key), keyBefore) {
+		t.Fatal("NewDatabase replaced the key file")
+	}
+	// the new database is bound to the key like any other: it reopens without the flag
+	s = mustOpen(t, db, key)
+	s.Close()
+	// a first start: neither file exists
+	db2, key2 := testPaths(t)
+	mustOpen(t, db2, key2).Close()
+}
+
+// TestCorruptFileRefusedBeforeMapping: a truncated database is refused with ErrCorrupt at
+// Open, naming what is missing (bbolt used to map it and die of SIGBUS on first read).
+func TestCorruptFileRefusedBeforeMapping(t *testing.T) {
+	db, key := populated(t)
+	f, err := openDBFile(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := int64(f.meta.pgid) * int64(f.meta.pageSize)
+	f.f.Close()
+	if err := os.Truncate(db, used-1); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(db, Options{KeyFile: key})
+	var ce *CorruptError
+	if !errors.As(err, &ce) || !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "truncated?") {
+		t.Fatalf("truncated database: %v", err)
+	}
+	if _, err := Open(db, Options{ReadOnly: true}); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("truncated database, read-only: %v", err)
+	}
+}

@@ -174,7 +174,7 @@ func (s *Store) secretFrom(sealed []byte, id string) ([]byte, error) {
 
 // InputSeq is the stream sequence of the last input the writer applied (0: none yet).
 func (s *Store) InputSeq() (seq uint64, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		seq = seqOf(tx.Bucket(bMeta).Get(kInputSeq))
 		return nil
 	})

@@ -59,7 +59,9 @@ func OpenBolt(dir string, core *pool.Core, o BoltOptions) (*BoltTarget, error) {
 	if o.KeyFile == "" {
 		o.KeyFile = filepath.Join(dir, KeyFile)
 	}
-	st, err := persistence.Open(filepath.Join(dir, DBFile), persistence.Options{KeyFile: o.KeyFile, NoSync: !o.Fsync, JournalRetention: o.JournalRetention})
+	// NewDatabase: a replay's database is rebuilt from its log, and its key seals nothing,
+	// so a fresh one beside an old replay.key is no loss.
+	st, err := persistence.Open(filepath.Join(dir, DBFile), persistence.Options{KeyFile: o.KeyFile, NewDatabase: true, NoSync: !o.Fsync, JournalRetention: o.JournalRetention})
 	if err != nil {
 		return nil, err
 	}

@@ -30,6 +30,10 @@ type Config struct {
 	DataDir string
 	// KeyFile is the store's master key (default <DataDir>/kpool.key, created if absent).
 	KeyFile string
+	// NewDatabase lets the worker create a new, empty database when its key file exists
+	// but the database is missing or empty (persistence.Options.NewDatabase); without it
+	// the worker refuses to start rather than silently drop every pool.
+	NewDatabase bool
 
 	// NATSURL points at an existing NATS server or cluster (JetStream required). Empty
 	// runs an embedded nats-server on Listen.

@@ -108,7 +108,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		}
 	}()
 
-	w.store, err = persistence.Open(filepath.Join(cfg.DataDir, "kpool.db"), persistence.Options{KeyFile: cfg.KeyFile, NoSync: cfg.NoSync, JournalRetention: cfg.JournalRetention})
+	w.store, err = persistence.Open(filepath.Join(cfg.DataDir, "kpool.db"), persistence.Options{KeyFile: cfg.KeyFile, NewDatabase: cfg.NewDatabase, NoSync: cfg.NoSync, JournalRetention: cfg.JournalRetention})
 	if err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
 	}

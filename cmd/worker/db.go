@@ -12,6 +12,7 @@ import (
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/persistence"
 	"github.com/kpool/kpool/pool"
+	"github.com/kpool/kpool/replay"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
@@ -256,11 +257,16 @@ func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 func dbCheckCmd() *cobra.Command {
 	var d dbFlags
+	var config string
 	cmd := &cobra.Command{
 		Use:   "check",
-		Short: "run bbolt's consistency check and the pool invariants (exit 1 on any problem)",
+		Short: "check every page, record and index, and replay the journal against the stored state (exit 1 on any problem, 3 when corrupt)",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			core, err := replayCore(config)
+			if err != nil {
+				return usageError{err}
+			}
 			s, err := d.open(true)
 			if err != nil {
 				return err
@@ -271,6 +277,22 @@ func dbCheckCmd() *cobra.Command {
 			if err := s.Check(func(p string) { n++; fmt.Fprintln(stdout, p) }); err != nil {
 				return err
 			}
+			// what `replay --verify` proves: the journal replays to the stored state
+			if n == 0 {
+				diff, sum, err := replay.Verify(cmd.Context(), s, core)
+				switch {
+				case err != nil:
+					n++
+					fmt.Fprintf(stdout, "journal replay: %v\n", err)
+				case sum.Rejected+sum.Duplicates > 0:
+					n++
+					fmt.Fprintf(stdout, "journal replay: %d journaled inputs rejected or duplicate on replay\n", sum.Rejected+sum.Duplicates)
+				}
+				for _, line := range diff {
+					n++
+					fmt.Fprintln(stdout, "journal replay differs: "+line)
+				}
+			}
 			if n > 0 {
 				fmt.Fprintf(stdout, "%d problems in %s\n", n, s.Path())
 				return reported{exitFailure}
@@ -279,11 +301,12 @@ func dbCheckCmd() *cobra.Command {
 			if !s.HasKey() {
 				how = "private keys checked for presence only (no key file)"
 			}
-			fmt.Fprintf(stdout, "ok: %s is consistent (bbolt pages, indexes, journal, outbox, pool invariants; %s)\n", s.Path(), how)
+			fmt.Fprintf(stdout, "ok: %s is consistent (bbolt pages, indexes, journal, outbox, pool invariants, journal replays to the stored state; %s)\n", s.Path(), how)
 			return nil
 		},
 	}
 	d.register(cmd.Flags())
+	cmd.Flags().StringVar(&config, "config", "", "default pool policy `FILE` (JSON, the worker's --config), to replay the journal with the worker's defaults")
 	return cmd
 }
 

@@ -12,6 +12,7 @@ import (
 	"runtime/debug"
 	"strings"
 
+	"github.com/kpool/kpool/persistence"
 	"github.com/spf13/cobra"
 )
 
@@ -20,6 +21,7 @@ const (
 	exitOK      = 0
 	exitFailure = 1 // the command failed, or the worker refused what it asked
 	exitUsage   = 2 // bad flags or arguments; nothing was done
+	exitCorrupt = 3 // the database file is damaged (persistence.ErrCorrupt)
 )
 
 func main() {
@@ -60,6 +62,9 @@ func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
 		return exitUsage
 	}
+	if errors.Is(err, persistence.ErrCorrupt) {
+		return exitCorrupt
+	}
 	return exitFailure
 }
 
@@ -70,7 +75,7 @@ func newRoot() *cobra.Command {
 		Short: "kpool keeps pools of MLS KeyPackages full",
 		Long: "kpool keeps pools of MLS (RFC 9420) KeyPackages full, fresh and accounted for.\n" +
 			"Start with `worker run`, then `worker pool register` and `worker ds simulate`.\n\n" +
-			"Exit status: 0 ok, 1 failure or refusal, 2 usage error.",
+			"Exit status: 0 ok, 1 failure or refusal, 2 usage error, 3 corrupt database.",
 		Version:       version(),
 		SilenceErrors: true,
 		SilenceUsage:  true,

@@ -106,7 +106,7 @@ type runOptions struct {
 	data, keyFile, listen, tick, config, metrics, maxSkew string
 	startTimeout                                          string
 	retention, replicas, logLevel                         string
-	logJSON                                               bool
+	logJSON, newDatabase                                  bool
 }
 
 func runCmd() *cobra.Command {
@@ -128,6 +128,7 @@ func runCmd() *cobra.Command {
 	o.conn.register(fs, "")
 	fs.StringVar(&o.data, "data", envOr("KPOOL_DATA", "./data"), "data directory: kpool.db, kpool.key, embedded JetStream [KPOOL_DATA]")
 	fs.StringVar(&o.keyFile, "key-file", envOr("KPOOL_KEY_FILE", ""), "master key file (default <data>/kpool.key, created if absent) [KPOOL_KEY_FILE]")
+	fs.BoolVar(&o.newDatabase, "new-database", false, "create a new, empty database although the key file exists (it refuses to start on a missing or empty database otherwise: every pool would be lost)")
 	fs.StringVar(&o.listen, "listen", envOr("KPOOL_LISTEN", "127.0.0.1:4222"), "embedded NATS server address, when --nats-url is empty [KPOOL_LISTEN]")
 	fs.StringVar(&o.tick, "tick", envOr("KPOOL_TICK", "1m"), "period of the internal expiry ticker; 0 = rely on an external scheduler [KPOOL_TICK]")
 	fs.StringVar(&o.config, "config", envOr("KPOOL_CONFIG", ""), "JSON file with the default pool policy [KPOOL_CONFIG]")
@@ -174,7 +175,7 @@ func (o *runOptions) workerConfig(stderr io.Writer) (worker.Config, error) {
 		logger = slog.New(slog.NewJSONHandler(stderr, hopts))
 	}
 	cf := &o.conn
-	cfg := worker.Config{DataDir: o.data, KeyFile: o.keyFile, NATSURL: cf.url, Listen: o.listen, Prefix: cf.prefix,
+	cfg := worker.Config{DataDir: o.data, KeyFile: o.keyFile, NewDatabase: o.newDatabase, NATSURL: cf.url, Listen: o.listen, Prefix: cf.prefix,
 		Tick: tick, MaxSkew: maxSkew, MetricsAddr: o.metrics, Logger: logger, JournalRetention: retention,
 		Streams: natsbus.StreamOptions{Replicas: replicas}, StartTimeout: startTimeout}
 	if cfg.NATSOptions, err = cf.options(); err != nil {

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestRunRefusesLostDatabase: `run` on an emptied or removed database beside its key file
+// exits 1 and says how to go on, without creating anything; a truncated database is
+// "corrupt database", exit 3, for `run` and every db tool.
+func TestRunRefusesLostDatabase(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		prep func(db string)
+	}{
+		{"emptied", func(db string) { os.Truncate(db, 0) }},
+		{"removed", func(db string) { os.Remove(db) }},
+	} {
+		dir := dbFixture(t, false)
+		db := filepath.Join(dir, "kpool.db")
+		tc.prep(db)
+		code, _, errOut := runCLI(t, "", "run", "--data", dir, "--listen", "127.0.0.1:0", "--tick", "0")
+		if code != exitFailure || !strings.Contains(errOut, "key file without its database") || !strings.Contains(errOut, "--new-database") {
+			t.Fatalf("%s: exit %d\n%s", tc.name, code, errOut)
+		}
+		if st, err := os.Stat(db); err == nil && st.Size() != 0 {
+			t.Fatalf("%s: the refused run wrote a database of %d bytes", tc.name, st.Size())
+		}
+	}
+
+	dir := dbFixture(t, false)
+	db := filepath.Join(dir, "kpool.db")
+	if err := os.Truncate(db, 8192); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"run", "--data", dir, "--listen", "127.0.0.1:0", "--tick", "0"},
+		{"db", "check", "--data", dir},
+		{"db", "inspect", "--data", dir},
+		{"db", "compact", "--data", dir},
+		{"log", "export", "--data", dir},
+		{"replay", "--verify", "--data", dir},
+	} {
+		code, _, errOut := runCLI(t, "", args...)
+		if code != exitCorrupt || !strings.Contains(errOut, "corrupt database") {
+			t.Errorf("%s on a truncated database: exit %d, want %d\n%s", strings.Join(args[:2], " "), code, exitCorrupt, errOut)
+		}
+	}
+}
+
+// TestDBCheckReplaysJournal: db check proves what replay --verify proves, so a stored
+// record that differs from what its journal replays to is a problem (exit 1).
+func TestDBCheckReplaysJournal(t *testing.T) {
+	dir := dbFixture(t, false)
+	code, out, errOut := runCLI(t, "", "db", "check", "--data", dir)
+	if code != exitOK || !strings.Contains(out, "journal replays to the stored state") {
+		t.Fatalf("clean: exit %d\n%s\n%s", code, out, errOut)
+	}
+	// The journal asks for the default policy; a --config with another default makes the
+	// replayed pool differ from the stored one.
+	policy := filepath.Join(t.TempDir(), "policy.json")
+	os.WriteFile(policy, []byte(`{"target":7,"low_watermark":1,"hard_cap":9}`), 0o600)
+	code, out, _ = runCLI(t, "", "db", "check", "--data", dir, "--config", policy)
+	if code != exitFailure || !strings.Contains(out, "journal replay differs: pools.p1") {
+		t.Fatalf("replay with other defaults: exit %d\n%s", code, out)
+	}
+}
