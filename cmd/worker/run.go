@@ -107,6 +107,7 @@ type runOptions struct {
 	startTimeout                                          string
 	retention, replicas, logLevel                         string
 	logJSON, newDatabase                                  bool
+	streams                                               natsbus.StreamOptions
 }
 
 func runCmd() *cobra.Command {
@@ -135,6 +136,9 @@ func runCmd() *cobra.Command {
 	fs.StringVar(&o.metrics, "metrics", envOr("KPOOL_METRICS", ""), "serve Prometheus metrics on HOST:PORT/metrics [KPOOL_METRICS]")
 	fs.StringVar(&o.maxSkew, "max-skew", envOr("KPOOL_MAX_SKEW", "5m"), "refuse events timed further than this ahead of the clock [KPOOL_MAX_SKEW]")
 	fs.StringVar(&o.retention, "journal-retention", envOr("KPOOL_JOURNAL_RETENTION", "0"), "keep the input journal and dedup ids this long (e.g. 30d); 0 = forever [KPOOL_JOURNAL_RETENTION]")
+	fs.Int64Var(&o.streams.EventsMaxBytes, "events-max-bytes", natsbus.DefaultStreamMaxBytes, "size limit of the inbound stream when kpool creates it; a full stream refuses publishes")
+	fs.Int64Var(&o.streams.EventsMaxPerSubject, "events-max-per-subject", natsbus.DefaultEventsMaxPerSubject, "each pool's budget per event type: messages kept per inbound subject; further publishes there are refused")
+	fs.Int64Var(&o.streams.OutboundMaxBytes, "outbound-max-bytes", natsbus.DefaultStreamMaxBytes, "size limit of the outbound stream (uploads, transitions, alerts, dead letters) when kpool creates it; the oldest go first")
 	fs.StringVar(&o.replicas, "replicas", envOr("KPOOL_REPLICAS", "1"), "replicas of the streams kpool creates (clusters) [KPOOL_REPLICAS]")
 	fs.StringVar(&o.startTimeout, "start-timeout", envOr("KPOOL_START_TIMEOUT", "30s"), "how long start-up keeps trying to reach --nats-url before giving up [KPOOL_START_TIMEOUT]")
 	fs.StringVar(&o.logLevel, "log-level", envOr("KPOOL_LOG_LEVEL", "info"), "debug, info, warn or error [KPOOL_LOG_LEVEL]")
@@ -177,7 +181,8 @@ func (o *runOptions) workerConfig(stderr io.Writer) (worker.Config, error) {
 	cf := &o.conn
 	cfg := worker.Config{DataDir: o.data, KeyFile: o.keyFile, NewDatabase: o.newDatabase, NATSURL: cf.url, Listen: o.listen, Prefix: cf.prefix,
 		Tick: tick, MaxSkew: maxSkew, MetricsAddr: o.metrics, Logger: logger, JournalRetention: retention,
-		Streams: natsbus.StreamOptions{Replicas: replicas}, StartTimeout: startTimeout}
+		Streams: o.streams, StartTimeout: startTimeout}
+	cfg.Streams.Replicas = replicas
 	if cfg.NATSOptions, err = cf.options(); err != nil {
 		return worker.Config{}, usageError{err}
 	}

@@ -42,11 +42,31 @@ type StreamOptions struct {
 	// EventsMaxAge bounds the inbound stream (default 30 days): the worker acks messages
 	// after commit, and the store keeps the journal for replay.
 	EventsMaxAge time.Duration
+	// EventsMaxBytes bounds the inbound stream's size (default 1 GiB). When it is full a
+	// publish is refused (discard new): the stream is the log of inputs the worker has not
+	// all applied yet, so dropping the oldest would lose them.
+	EventsMaxBytes int64
+	// EventsMaxPerSubject is each pool's publish budget per event type: at most this many
+	// messages per subject <prefix>.events.<pool>.<type> (and per worker input subject)
+	// within EventsMaxAge (default 100 000); further publishes on that subject are refused
+	// while other pools go on. One pool's publisher cannot fill the stream for the others.
+	EventsMaxPerSubject int64
 	// OutboundMaxAge bounds uploads, transitions, alerts and dead letters (default 7 days).
 	OutboundMaxAge time.Duration
+	// OutboundMaxBytes bounds that stream's size (default 1 GiB; the oldest messages go
+	// first: a lost upload is sent again after upload_timeout, and dead letters and
+	// transitions are reports). Refused inputs each add a dead letter, so without it a
+	// publisher could grow the store through refusals alone.
+	OutboundMaxBytes int64
 	// Replicas for clustered deployments (default 1).
 	Replicas int
 }
+
+// Stream limit defaults (docs/events.md, "Limits").
+const (
+	DefaultStreamMaxBytes      = 1 << 30
+	DefaultEventsMaxPerSubject = 100_000
+)
 
 func (o StreamOptions) withDefaults() StreamOptions {
 	if o.DuplicateWindow <= 0 {
@@ -57,6 +77,15 @@ func (o StreamOptions) withDefaults() StreamOptions {
 	}
 	if o.OutboundMaxAge <= 0 {
 		o.OutboundMaxAge = 7 * 24 * time.Hour
+	}
+	if o.EventsMaxBytes <= 0 {
+		o.EventsMaxBytes = DefaultStreamMaxBytes
+	}
+	if o.EventsMaxPerSubject <= 0 {
+		o.EventsMaxPerSubject = DefaultEventsMaxPerSubject
+	}
+	if o.OutboundMaxBytes <= 0 {
+		o.OutboundMaxBytes = DefaultStreamMaxBytes
 	}
 	if o.Replicas <= 0 {
 		o.Replicas = 1
@@ -77,8 +106,13 @@ func StreamConfigs(s events.Subjects, o StreamOptions) []jetstream.StreamConfig 
 			Retention:   jetstream.LimitsPolicy,
 			MaxAge:      o.EventsMaxAge,
 			MaxMsgSize:  events.MaxEventSize * 4, // larger ones still reach the worker and are dead-lettered with a reason
-			Duplicates:  o.DuplicateWindow,
-			Replicas:    o.Replicas,
+			// Full means refuse the publish, never drop an input the worker has not applied.
+			MaxBytes:             o.EventsMaxBytes,
+			MaxMsgsPerSubject:    o.EventsMaxPerSubject,
+			Discard:              jetstream.DiscardNew,
+			DiscardNewPerSubject: true,
+			Duplicates:           o.DuplicateWindow,
+			Replicas:             o.Replicas,
 		},
 		{
 			// One message per subject: a new subscriber gets each pool's current status at once.
@@ -103,6 +137,7 @@ func StreamConfigs(s events.Subjects, o StreamOptions) []jetstream.StreamConfig 
 			},
 			Storage:    jetstream.FileStorage,
 			MaxAge:     o.OutboundMaxAge,
+			MaxBytes:   o.OutboundMaxBytes,
 			Duplicates: o.DuplicateWindow,
 			Replicas:   o.Replicas,
 		},
