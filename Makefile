@@ -42,11 +42,13 @@ staticcheck:
 race:
 	$(GO) test -race -timeout 20m $(PKGS)
 
-# bounded fuzzing of the MLS decoders; `make fuzz FUZZTIME=5m` for longer
+# bounded fuzzing of the MLS decoders, the event envelope and the API requests; `make fuzz FUZZTIME=5m` for longer
 fuzz:
 	$(GO) test ./mls -run '^$$' -fuzz '^FuzzDecodeKeyPackage$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./mls -run '^$$' -fuzz '^FuzzDecodeMLSMessage$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./mls -run '^$$' -fuzz '^FuzzPQKeys$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./events -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./events/natsbus -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME)
 
 fuzz-short:
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s

@@ -83,7 +83,7 @@ func TestWorldReadableKeyFile(t *testing.T) {
 	}
 	// A new database refuses it too, before anything is sealed under it.
 	db2 := filepath.Join(t.TempDir(), "new.db")
-	if _, err := Open(db2, Options{KeyFile: key}); !errors.Is(err, ErrKeyFilePermissions) {
+	if _, err := Open(db2, Options{KeyFile: key, NewDatabase: true}); !errors.Is(err, ErrKeyFilePermissions) {
 		t.Fatalf("new database with a 0644 key: %v", err)
 	}
 }

@@ -131,7 +131,7 @@ type Capabilities struct {
 // KeyPackage is consumed: its private keys are erased after they are handed over.
 type TakeRequest struct {
 	Ref          string `json:"ref"`
-	RecipientKey []byte `json:"recipient_key"` // HPKE public key of the pool's cipher suite KEM
+	RecipientKey []byte `json:"recipient_key,omitempty"` // HPKE public key of the pool's cipher suite KEM
 	// CipherSuite, when set, must be the pool's: the worker refuses before consuming
 	// anything, so a key for the wrong suite never costs a KeyPackage.
 	CipherSuite uint16 `json:"cipher_suite,omitempty"`
