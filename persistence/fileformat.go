@@ -211,8 +211,13 @@ func (f *dbFile) checkMeta(path string) error {
 		if m.freelist < 2 || m.freelist >= m.pgid {
 			return corrupt("freelist page %d is outside pages 2 to %d", m.freelist, m.pgid-1)
 		}
-		if _, err := f.page(m.freelist, freelistPageFlag); err != nil {
+		b, err := f.page(m.freelist, freelistPageFlag)
+		if err != nil {
 			return corrupt("freelist: %v", err)
+		}
+		// bbolt loads the freelist at open; an id past the file would be handed out
+		if _, err := f.freelistIDs(b); err != nil {
+			return corrupt("%v", err)
 		}
 	}
 	return nil
@@ -370,22 +375,13 @@ func (w *pageWalk) freelist() error {
 	if err := w.claim(w.f.meta.freelist, h.overflow); err != nil {
 		return err
 	}
-	n, start := uint64(h.count), uint64(pageHeaderSize)
-	if h.count == 0xFFFF { // the real count is the first id
-		if len(b) < pageHeaderSize+8 {
-			return fmt.Errorf("freelist page %d is too short for its count", w.f.meta.freelist)
-		}
-		n, start = binary.LittleEndian.Uint64(b[pageHeaderSize:]), pageHeaderSize+8
-	}
-	if start+n*8 > uint64(len(b)) || n > uint64(len(b)) {
-		return fmt.Errorf("freelist page %d claims %d ids, more than fit", w.f.meta.freelist, n)
+	ids, err := w.f.freelistIDs(b)
+	if err != nil {
+		return err
 	}
 	freed := map[uint64]bool{}
-	for i := range n {
-		id := binary.LittleEndian.Uint64(b[start+i*8:])
+	for _, id := range ids {
 		switch {
-		case id < 2 || id >= w.f.meta.pgid:
-			return fmt.Errorf("freelist names page %d, outside pages 2 to %d", id, w.f.meta.pgid-1)
 		case freed[id]:
 			return fmt.Errorf("freelist names page %d twice", id)
 		case w.seen[id]:
@@ -399,4 +395,29 @@ func (w *pageWalk) freelist() error {
 		}
 	}
 	return nil
+}
+
+// freelistIDs reads the page ids of the freelist page in b and checks each is below the
+// high-water mark.
+func (f *dbFile) freelistIDs(b []byte) ([]uint64, error) {
+	h := parsePageHeader(b)
+	n, start := uint64(h.count), uint64(pageHeaderSize)
+	if h.count == 0xFFFF { // the real count is the first id
+		if len(b) < pageHeaderSize+8 {
+			return nil, fmt.Errorf("freelist page %d is too short for its count", f.meta.freelist)
+		}
+		n, start = binary.LittleEndian.Uint64(b[pageHeaderSize:]), pageHeaderSize+8
+	}
+	if n > uint64(len(b)) || start+n*8 > uint64(len(b)) {
+		return nil, fmt.Errorf("freelist page %d claims %d ids, more than fit", f.meta.freelist, n)
+	}
+	ids := make([]uint64, n)
+	for i := range n {
+		id := binary.LittleEndian.Uint64(b[start+i*8:])
+		if id < 2 || id >= f.meta.pgid {
+			return nil, fmt.Errorf("freelist names page %d, outside pages 2 to %d", id, f.meta.pgid-1)
+		}
+		ids[i] = id
+	}
+	return ids, nil
 }

@@ -97,7 +97,10 @@ func testDefaults() *pool.Config {
 
 func startWorker(t *testing.T, url, dataDir string, clock *testClock, mod ...func(*worker.Config)) *worker.Worker {
 	t.Helper()
-	cfg := worker.Config{DataDir: dataDir, NATSURL: url, Clock: clock.Now, NoSync: true, Defaults: testDefaults()}
+	cfg := worker.Config{DataDir: dataDir, NATSURL: url, Clock: clock.Now, NoSync: true, Defaults: testDefaults(),
+		// JetStream reserves each stream's max_bytes: the 1 GiB defaults of dozens of
+		// workers on one test server would exceed a small disk
+		Streams: natsbus.StreamOptions{EventsMaxBytes: 64 << 20, OutboundMaxBytes: 64 << 20}}
 	if os.Getenv("KPOOL_TEST_LOG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}

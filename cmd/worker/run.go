@@ -24,7 +24,7 @@ import (
 
 // connFlags are the NATS client flags shared by run, pool and events.
 type connFlags struct {
-	url, creds, nkey, user, password, tlsCA, tlsCert, tlsKey, prefix string
+	url, creds, nkey, user, password, tlsCA, tlsCert, tlsKey, prefix, inbox string
 }
 
 func (c *connFlags) register(fs *pflag.FlagSet, defURL string) {
@@ -39,6 +39,7 @@ func (c *connFlags) register(fs *pflag.FlagSet, defURL string) {
 	fs.StringVar(&c.tlsCert, "tls-cert", envOr("KPOOL_TLS_CERT", ""), "client certificate file for NATS TLS [KPOOL_TLS_CERT]")
 	fs.StringVar(&c.tlsKey, "tls-key", envOr("KPOOL_TLS_KEY", ""), "client key file for NATS TLS [KPOOL_TLS_KEY]")
 	fs.StringVar(&c.prefix, "subject-prefix", envOr("KPOOL_SUBJECT_PREFIX", events.DefaultPrefix), "subject prefix [KPOOL_SUBJECT_PREFIX]")
+	fs.StringVar(&c.inbox, "inbox-prefix", envOr("KPOOL_INBOX_PREFIX", ""), "prefix of reply subjects instead of _INBOX, for a user allowed to subscribe to its own replies only (docs/security.md) [KPOOL_INBOX_PREFIX]")
 }
 
 // options turns the flags into nats.go options.
@@ -59,6 +60,9 @@ func (c *connFlags) options() ([]nats.Option, error) {
 	}
 	if c.tlsCA != "" {
 		opts = append(opts, nats.RootCAs(c.tlsCA))
+	}
+	if c.inbox != "" {
+		opts = append(opts, nats.CustomInboxPrefix(c.inbox))
 	}
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return nil, errors.New("--tls-cert and --tls-key go together")

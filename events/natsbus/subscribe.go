@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 
 	"github.com/kpool/kpool/events"
 	"github.com/nats-io/nats.go"
@@ -96,23 +95,50 @@ type DeliveryHandler struct {
 	Withdraw func(events.Withdraw) error
 }
 
-// ConsumeDeliveries runs a durable JetStream consumer (name durable) over the upload and
-// withdraw requests of a pool ("" = every pool), so a delivery service that was down gets
-// what it missed. Each message is acked after its handler returns nil.
+// ConsumeDeliveries runs durable JetStream consumers over the upload and withdraw requests
+// of a pool ("" = every pool), so a delivery service that was down gets what it missed.
+// Each message is acked after its handler returns nil.
+//
+// There are two consumers, <durable>-upload and <durable>-withdraw, each with one filter
+// subject (kpool.upload.<pool>, kpool.withdraw.<pool>): with one filter the subject of the
+// create request names it, so NATS permissions can restrict a delivery service to its own
+// pools' consumers (docs/security.md).
 func (c *Client) ConsumeDeliveries(ctx context.Context, durable, pool string, h DeliveryHandler) (Stop, error) {
+	var stops []Stop
+	stopAll := func() {
+		for _, s := range stops {
+			s()
+		}
+	}
+	for _, kind := range []events.Kind{events.KindUpload, events.KindWithdraw} {
+		stop, err := c.consumeKind(ctx, DeliveryConsumer(durable, kind), c.outSubject(kind, pool), kind, h)
+		if err != nil {
+			stopAll()
+			return nil, fmt.Errorf("natsbus: consume deliveries: %w", err)
+		}
+		stops = append(stops, stop)
+	}
+	return stopAll, nil
+}
+
+// DeliveryConsumer is the name of the durable consumer ConsumeDeliveries uses for kind.
+func DeliveryConsumer(durable string, kind events.Kind) string {
+	return durable + "-" + string(kind)
+}
+
+func (c *Client) consumeKind(ctx context.Context, name, filter string, kind events.Kind, h DeliveryHandler) (Stop, error) {
 	cons, err := c.js.CreateOrUpdateConsumer(ctx, c.streams.Outbound, jetstream.ConsumerConfig{
-		Durable:        durable,
-		FilterSubjects: []string{c.outSubject(events.KindUpload, pool), c.outSubject(events.KindWithdraw, pool)},
-		AckPolicy:      jetstream.AckExplicitPolicy,
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		Durable:       name,
+		FilterSubject: filter,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("natsbus: consume deliveries: %w", err)
+		return nil, err
 	}
-	uploadPrefix := c.subj.Prefix + "." + string(events.KindUpload) + "."
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		var err error
-		if strings.HasPrefix(m.Subject(), uploadPrefix) {
+		if kind == events.KindUpload {
 			var u events.Upload
 			if json.Unmarshal(m.Data(), &u) != nil {
 				_ = m.Term() // not from kpool; redelivering cannot help
@@ -138,7 +164,7 @@ func (c *Client) ConsumeDeliveries(ctx context.Context, durable, pool string, h 
 		_ = m.Ack()
 	})
 	if err != nil {
-		return nil, fmt.Errorf("natsbus: consume deliveries: %w", err)
+		return nil, err
 	}
 	return cc.Stop, nil
 }
