@@ -70,6 +70,12 @@ func (b *Batch) Inputs() int { return b.inputs }
 // or an invariant failed (or the core panicked), the transaction may hold part of the
 // input, and the caller must roll the batch back.
 func (b *Batch) Apply(step StepFunc, in Input) (res Result, err error) {
+	// a damaged page met while stepping or recording is a *CorruptError, not a crash
+	err = guard(b.s.path, func() error { res, err = b.apply(step, in); return err })
+	return res, err
+}
+
+func (b *Batch) apply(step StepFunc, in Input) (res Result, err error) {
 	r, err := safeStep(step, b.v, in.Event)
 	if err != nil {
 		if isVerdict(err) {
