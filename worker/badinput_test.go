@@ -10,19 +10,13 @@ import (
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/events/natsbus"
 	"github.com/kpool/kpool/worker"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestBadMessages publishes one bad message per kind of mistake: each yields a dead letter
 // with its specific code, nothing in the store changes, and the worker keeps consuming.
 func TestBadMessages(t *testing.T) {
-	ns := startNATS(t)
-	clock := newClock()
-	w := startWorker(t, ns.URL(), t.TempDir(), clock)
-	nc, c := connect(t, ns.URL())
-	js, _ := jetstream.New(nc)
-	ds := startDS(t, c, false) // no acks: KeyPackages stay created
-	dls := collectDeadLetters(t, c)
+	tp := startTwoPools(t)
+	w, clock, js, c, ds, dls := tp.w, tp.clock, tp.js, tp.c, tp.ds, tp.dls
 	var refusedMu sync.Mutex
 	var refused []events.Transition
 	stopTr, err := c.SubscribeTransitions("alice", func(tr events.Transition) {
@@ -36,16 +30,6 @@ func TestBadMessages(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stopTr()
-
-	for _, p := range []string{"alice", "bob"} {
-		if _, err := c.Register(ctx(t), p, natsbus.RegisterRequest{Identity: p, CipherSuite: 1}, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	eventually(t, 10*time.Second, "uploads", func() bool { return len(ds.refs("alice", false)) == 10 && len(ds.refs("bob", false)) == 10 })
-	eventually(t, 10*time.Second, "generation done", func() bool {
-		return poolRecord(t, w, "alice").Requested == 0 && poolRecord(t, w, "bob").Requested == 0
-	})
 	aliceRef := ds.refs("alice", false)[0]
 	unknownRef := strings.Repeat("ab", 32)
 	now := clock.Now()

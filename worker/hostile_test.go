@@ -12,6 +12,7 @@ import (
 	"github.com/kpool/kpool/events/natsbus"
 	"github.com/kpool/kpool/pool"
 	"github.com/kpool/kpool/worker"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -22,22 +23,8 @@ import (
 // code (dead letter or API error), nothing in the store changes, and the worker keeps
 // going: a good event afterwards is applied.
 func TestHostileInputs(t *testing.T) {
-	ns := startNATS(t)
-	clock := newClock()
-	w := startWorker(t, ns.URL(), t.TempDir(), clock)
-	nc, c := connect(t, ns.URL())
-	js, _ := jetstream.New(nc)
-	ds := startDS(t, c, false) // no acks: KeyPackages stay created
-	dls := collectDeadLetters(t, c)
-	for _, p := range []string{"alice", "bob"} {
-		if _, err := c.Register(ctx(t), p, natsbus.RegisterRequest{Identity: p, CipherSuite: 1}, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	eventually(t, 10*time.Second, "uploads", func() bool { return len(ds.refs("alice", false)) == 10 && len(ds.refs("bob", false)) == 10 })
-	eventually(t, 10*time.Second, "generation done", func() bool {
-		return poolRecord(t, w, "alice").Requested == 0 && poolRecord(t, w, "bob").Requested == 0
-	})
+	tp := startTwoPools(t)
+	w, clock, nc, js, c, ds, dls := tp.w, tp.clock, tp.nc, tp.js, tp.c, tp.ds, tp.dls
 	// an applied event whose id a hostile event reuses
 	if _, err := c.Publish(ctx(t), events.Event{ID: "ops-1", Type: events.TypeReplenish, Pool: "alice", Time: clock.Now()}); err != nil {
 		t.Fatal(err)
@@ -194,6 +181,39 @@ func TestHostileInputs(t *testing.T) {
 	if _, err := c.TakeWith(ctx(t), "alice", aliceRef, rk); err != nil {
 		t.Fatalf("a good take after the hostile ones: %v", err)
 	}
+}
+
+// twoPools is a worker with pools alice and bob, each filled with 10 created KeyPackages
+// that no delivery service acknowledges, and a collector of dead letters.
+type twoPools struct {
+	w     *worker.Worker
+	clock *testClock
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	c     *natsbus.Client
+	ds    *deliveryService
+	dls   *deadLetters
+}
+
+func startTwoPools(t *testing.T) *twoPools {
+	t.Helper()
+	ns := startNATS(t)
+	tp := &twoPools{clock: newClock()}
+	tp.w = startWorker(t, ns.URL(), t.TempDir(), tp.clock)
+	tp.nc, tp.c = connect(t, ns.URL())
+	tp.js, _ = jetstream.New(tp.nc)
+	tp.ds = startDS(t, tp.c, false) // no acks: KeyPackages stay created
+	tp.dls = collectDeadLetters(t, tp.c)
+	for _, p := range []string{"alice", "bob"} {
+		if _, err := tp.c.Register(ctx(t), p, natsbus.RegisterRequest{Identity: p, CipherSuite: 1}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "uploads", func() bool { return len(tp.ds.refs("alice", false)) == 10 && len(tp.ds.refs("bob", false)) == 10 })
+	eventually(t, 10*time.Second, "generation done", func() bool {
+		return poolRecord(t, tp.w, "alice").Requested == 0 && poolRecord(t, tp.w, "bob").Requested == 0
+	})
+	return tp
 }
 
 const (

@@ -8,8 +8,6 @@ import (
 
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/events/natsbus"
-	"github.com/kpool/kpool/worker"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -17,38 +15,23 @@ import (
 // budget (other pools go on) and any publish past its byte limit, and never drops an
 // input it holds; the default limits are set on a new stream.
 func TestStreamLimits(t *testing.T) {
-	ns, err := worker.StartEmbedded(worker.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	nc, js, _ := bus(t) // kpool's streams with the default limits
 	ctx := context.Background()
-
-	def := events.Subjects{Prefix: "def"}
-	if err := natsbus.EnsureStreams(ctx, js, def, natsbus.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	st, _ := js.Stream(ctx, natsbus.StreamNames("def").Events)
+	st, _ := js.Stream(ctx, natsbus.StreamNames("kpool").Events)
 	cfg := st.CachedInfo().Config
 	if cfg.MaxBytes != natsbus.DefaultStreamMaxBytes || cfg.MaxMsgsPerSubject != natsbus.DefaultEventsMaxPerSubject || cfg.Discard != jetstream.DiscardNew || !cfg.DiscardNewPerSubject {
 		t.Fatalf("default events stream limits: max_bytes %d, per subject %d, discard %v/%v", cfg.MaxBytes, cfg.MaxMsgsPerSubject, cfg.Discard, cfg.DiscardNewPerSubject)
 	}
-	out, _ := js.Stream(ctx, natsbus.StreamNames("def").Outbound)
+	out, _ := js.Stream(ctx, natsbus.StreamNames("kpool").Outbound)
 	if got := out.CachedInfo().Config; got.MaxBytes != natsbus.DefaultStreamMaxBytes || got.Discard != jetstream.DiscardOld {
 		t.Fatalf("default outbound stream limits: max_bytes %d, discard %v", got.MaxBytes, got.Discard)
 	}
 
-	s := events.Subjects{Prefix: "kpool"}
+	s := events.Subjects{Prefix: "lim"}
 	if err := natsbus.EnsureStreams(ctx, js, s, natsbus.StreamOptions{EventsMaxPerSubject: 3, EventsMaxBytes: 4096}); err != nil {
 		t.Fatal(err)
 	}
-	c, err := natsbus.NewClient(nc)
+	c, err := natsbus.NewClient(nc, natsbus.WithPrefix("lim"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +56,7 @@ func TestStreamLimits(t *testing.T) {
 	if full == nil || !errors.As(full, &apiErr) || !strings.Contains(full.Error(), "maximum bytes exceeded") {
 		t.Fatalf("publishing past max_bytes: %v", full)
 	}
-	ev, _ := js.Stream(ctx, natsbus.StreamNames("kpool").Events)
+	ev, _ := js.Stream(ctx, natsbus.StreamNames("lim").Events)
 	info, _ := ev.Info(ctx)
 	if info.State.FirstSeq != 1 || info.State.Bytes > 4096 {
 		t.Fatalf("stream state %+v: a full stream must keep its first inputs and stay within max_bytes", info.State)

@@ -176,7 +176,7 @@ func TestConsumeDeliveriesDropsGarbage(t *testing.T) {
 	if _, err := js.Publish(ctx, "kpool.upload.alice", mustJSON(t, events.Upload{Pool: "alice", Ref: "r1"})); err != nil {
 		t.Fatal(err)
 	}
-	cons, _ := js.Consumer(ctx, natsbus.StreamNames("kpool").Outbound, "ds")
+	cons, _ := js.Consumer(ctx, natsbus.StreamNames("kpool").Outbound, natsbus.DeliveryConsumer("ds", events.KindUpload))
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		info, err := cons.Info(ctx)
