@@ -132,8 +132,11 @@ func poolStatusCmd() *cobra.Command {
 	var c client
 	var watch bool
 	cmd := &cobra.Command{
-		Use:   "status POOL | status --watch [POOL]",
+		Use:   "status [POOL] [--watch]",
 		Short: "show a pool's status; --watch follows it",
+		Long: "Print a pool's status as JSON. With --watch, print it, then every change as one JSON\n" +
+			"line, until Ctrl-C; --watch without a pool follows every pool. An unknown pool is\n" +
+			"refused at once.",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if watch && len(args) == 0 {
 				return watchStatus(cmd, &c, "")

@@ -22,7 +22,7 @@ import (
 func replayCmd() *cobra.Command {
 	var o replayOptions
 	cmd := &cobra.Command{
-		Use:   "replay LOG|- [flags] | replay --verify [--data DIR]",
+		Use:   "replay LOG|- | replay --verify [--data DIR]",
 		Short: "replay an NDJSON event log into an empty store; --verify audits a database against its journal",
 		Long: "Replay an NDJSON event log into an empty store (in memory, or --data DIR) and print a\n" +
 			"summary per pool. --verify instead replays the journal of the database in --data and\n" +
