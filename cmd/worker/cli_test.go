@@ -215,3 +215,64 @@ func TestTailBannerAndReconnect(t *testing.T) {
 		t.Fatalf("exit %d, stderr:\n%s", code, stderr.String())
 	}
 }
+
+// TestFollowersReconnect: pool status --watch and ds simulate, like events tail, say when
+// NATS goes away and when it is back, and go on working after it (here the NATS server
+// the worker and the clients share restarts on the same port and store).
+func TestFollowersReconnect(t *testing.T) {
+	store := t.TempDir()
+	ns, err := worker.StartEmbedded(worker.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := ns.ClientURL()
+	w, err := worker.Start(context.Background(), worker.Config{DataDir: t.TempDir(), NATSURL: url, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if code, _, errOut := runCLI(t, "", "pool", "register", "alice", "--identity", "alice", "--target", "2", "--low-watermark", "2", "--hard-cap", "4", "--nats-url", url); code != exitOK {
+		t.Fatalf("register: %s", errOut)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	watchOut, watchErr, dsOut, dsErr := newSyncBuffer(), newSyncBuffer(), newSyncBuffer(), newSyncBuffer()
+	done := make(chan int, 2)
+	go func() { done <- execute(ctx, []string{"pool", "status", "alice", "--watch", "--nats-url", url}, nil, watchOut, watchErr) }()
+	go func() { done <- execute(ctx, []string{"ds", "simulate", "--nats-url", url}, nil, dsOut, dsErr) }()
+	waitFor(t, "watch", watchOut, `"pool":"alice"`)
+	waitFor(t, "ds simulate", dsOut, "stored and acked alice")
+
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	waitFor(t, "watch disconnect line", watchErr, "lost the connection to NATS")
+	waitFor(t, "ds disconnect line", dsErr, "lost the connection to NATS")
+	ns, err = worker.StartEmbedded(worker.EmbeddedOptions{Listen: strings.TrimPrefix(url, "nats://"), StoreDir: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	waitFor(t, "watch reconnect line", watchErr, "reconnected to NATS at "+url)
+	waitFor(t, "ds reconnect line", dsErr, "reconnected to NATS at "+url)
+
+	// Both still work: a claim is seen by the watch, and the refill it causes is acked.
+	acked := strings.Count(dsOut.String(), "stored and acked")
+	ref := unclaimedRef(t, dsOut.String())
+	if code, _, errOut := runCLI(t, "", "events", "publish", "claimed", "--pool", "alice", "--ref", ref, "--wait", "--nats-url", url); code != exitOK {
+		t.Fatalf("claim after the restart: %s", errOut)
+	}
+	waitFor(t, "watch after the restart", watchOut, `"claimed":1`)
+	deadline := time.Now().Add(20 * time.Second)
+	for strings.Count(dsOut.String(), "stored and acked") == acked {
+		if time.Now().After(deadline) {
+			t.Fatalf("ds simulate acked nothing after the restart:\n%s\n%s", dsOut.String(), dsErr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	for range 2 {
+		if code := <-done; code != exitOK {
+			t.Fatalf("exit %d:\n%s\n%s", code, watchErr.String(), dsErr.String())
+		}
+	}
+}
