@@ -238,7 +238,9 @@ func TestFollowersReconnect(t *testing.T) {
 	defer cancel()
 	watchOut, watchErr, dsOut, dsErr := newSyncBuffer(), newSyncBuffer(), newSyncBuffer(), newSyncBuffer()
 	done := make(chan int, 2)
-	go func() { done <- execute(ctx, []string{"pool", "status", "alice", "--watch", "--nats-url", url}, nil, watchOut, watchErr) }()
+	go func() {
+		done <- execute(ctx, []string{"pool", "status", "alice", "--watch", "--nats-url", url}, nil, watchOut, watchErr)
+	}()
 	go func() { done <- execute(ctx, []string{"ds", "simulate", "--nats-url", url}, nil, dsOut, dsErr) }()
 	waitFor(t, "watch", watchOut, `"pool":"alice"`)
 	waitFor(t, "ds simulate", dsOut, "stored and acked alice")
