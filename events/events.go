@@ -20,6 +20,12 @@ const (
 	TypeConsumed       Type = "consumed"
 	TypeExpiryTick     Type = "expiry_tick"
 	TypeReplenish      Type = "replenish"
+
+	// Client custody (docs/client-custody.md): the MLS client that holds a pool's keys
+	// reports what it made, what it deleted and what it holds.
+	TypeSubmitted Type = "submitted" // a KeyPackage the client generated (public part)
+	TypeDeleted   Type = "deleted"   // the client deleted these refs from its storage
+	TypeInventory Type = "inventory" // every ref the client holds for the pool
 )
 
 // Inputs the worker produces itself. They are journaled like any event so that a replay
@@ -34,7 +40,8 @@ const (
 )
 
 // PublicTypes are the types other services may publish on the events subjects.
-var PublicTypes = []Type{TypeUploadAck, TypeUploadRejected, TypeClaimed, TypeConsumed, TypeExpiryTick, TypeReplenish}
+var PublicTypes = []Type{TypeUploadAck, TypeUploadRejected, TypeClaimed, TypeConsumed, TypeExpiryTick, TypeReplenish,
+	TypeSubmitted, TypeDeleted, TypeInventory}
 
 // Event is the envelope of every input. Fields beyond id/type/time/pool are per type.
 type Event struct {
@@ -49,6 +56,15 @@ type Event struct {
 	Reason string `json:"reason,omitempty"`
 	Retry  bool   `json:"retry,omitempty"`
 
+	// submitted: the client's KeyPackage (MLSMessage or bare KeyPackage; base64 in JSON)
+	// and the generate request it answers, if any.
+	KeyPackage []byte `json:"key_package,omitempty"`
+	RequestID  string `json:"request_id,omitempty"`
+	// deleted, inventory: hex KeyPackageRefs
+	Refs []string `json:"refs,omitzero"` // [] stays [] (an empty inventory)
+
+	// generated; on submitted, what the worker's validation found (set by the worker
+	// only, never accepted from a client)
 	Generated *Generated `json:"generated,omitempty"`
 	Register  *Register  `json:"register,omitempty"`
 }
@@ -85,6 +101,9 @@ type Register struct {
 	Identity     string `json:"identity"`
 	CipherSuite  uint16 `json:"cipher_suite"`
 	SignatureKey []byte `json:"signature_key"` // public signature key of the pool
+	// Custody is who holds the pool's private keys: "kpool" (empty: the default) or
+	// "client". It cannot change after registration.
+	Custody string `json:"custody,omitempty"`
 	Policy       Policy `json:"policy,omitzero"`
 }
 
@@ -116,6 +135,9 @@ type Policy struct {
 	X509Chain [][]byte `json:"x509_chain,omitempty"`
 	// X509TrustAnchors (DER), when given, must vouch for the chain at registration.
 	X509TrustAnchors [][]byte `json:"x509_trust_anchors,omitempty"`
+	// DeleteAlertAfter (client custody): a delete instruction unconfirmed this long
+	// raises a delete_unconfirmed alert. Nil: 24h.
+	DeleteAlertAfter *Duration `json:"delete_alert_after,omitempty"`
 }
 
 // Merge returns p with every field that o gives replaced by o's value.
@@ -133,6 +155,7 @@ func (p Policy) Merge(o Policy) Policy {
 	pick(&p.TombstoneRetention, o.TombstoneRetention)
 	pick(&p.Capabilities, o.Capabilities)
 	pick(&p.LastResort, o.LastResort)
+	pick(&p.DeleteAlertAfter, o.DeleteAlertAfter)
 	if o.X509Chain != nil {
 		p.X509Chain = o.X509Chain
 	}
@@ -148,6 +171,12 @@ func pick[T any](dst **T, v *T) {
 		*dst = &c
 	}
 }
+
+// Custody kinds.
+const (
+	CustodyKpool  = "kpool"
+	CustodyClient = "client"
+)
 
 // Duration is a time.Duration that reads and writes JSON as a string such as "90s", "36h"
 // or "84d" (d = 24h, for the long lifetimes pools use).

@@ -110,6 +110,10 @@ type Status struct {
 	// GenerationError is why the worker cannot generate this pool's KeyPackages (empty
 	// once a KeyPackage was generated again).
 	GenerationError string `json:"generation_error,omitempty"`
+	// Custody is "client" for a pool whose MLS client holds the keys (absent: kpool).
+	Custody string `json:"custody,omitempty"`
+	// DeletePending (client custody): delete instructions the client has not confirmed.
+	DeletePending int `json:"delete_pending,omitempty"`
 }
 
 // DeadLetter reports an input that was rejected, and why. Published on the dead-letter
@@ -121,4 +125,44 @@ type DeadLetter struct {
 	Reason  string    `json:"reason"`         // human-readable
 	Data    string    `json:"data,omitempty"` // the rejected payload, truncated
 	Time    time.Time `json:"time"`
+}
+
+// Client-custody message kinds: instructions to the MLS client that holds a pool's keys,
+// on <prefix>.client.<pool>.<kind> (see Subjects.Client).
+const (
+	KindClientGenerate Kind = "client.generate"
+	KindClientDelete   Kind = "client.delete"
+	KindClientRejected Kind = "client.rejected"
+)
+
+// AlertDeleteUnconfirmed: a client did not confirm a delete instruction in time.
+const AlertDeleteUnconfirmed = "delete_unconfirmed"
+
+// ClientGenerate is a client pool's current demand: generate Count KeyPackages (one of
+// them with the last_resort extension when LastResort) and submit them. Each message
+// replaces the previous one (Count 0: nothing is wanted now).
+type ClientGenerate struct {
+	Pool        string `json:"pool"`
+	RequestID   string `json:"request_id"`
+	Count       int    `json:"count"`
+	CipherSuite uint16 `json:"cipher_suite"`
+	MaxNotAfter int64  `json:"max_not_after"` // unix seconds: not_after beyond this is refused
+	LastResort  bool   `json:"last_resort"`
+}
+
+// ClientDelete tells the client to delete these KeyPackages (and their private keys)
+// from its storage and to confirm with a `deleted` event.
+type ClientDelete struct {
+	Pool string   `json:"pool"`
+	Refs []string `json:"refs"`
+}
+
+// ClientRejected tells the client that a submission was refused, and why.
+type ClientRejected struct {
+	Pool      string `json:"pool"`
+	Ref       string `json:"ref,omitempty"`
+	RequestID string `json:"request_id,omitempty"`
+	EventID   string `json:"event_id,omitempty"`
+	Code      string `json:"code"`
+	Reason    string `json:"reason"`
 }

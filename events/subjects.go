@@ -24,9 +24,19 @@ func (s Subjects) Event(pool string, t Type) string {
 // Events is the wildcard the inbound stream captures.
 func (s Subjects) Events() string { return s.Prefix + ".events.>" }
 
-// Outbound is the subject for an outbound message: <prefix>.<kind>.<pool>.
+// Outbound is the subject for an outbound message: <prefix>.<kind>.<pool>, and
+// <prefix>.client.<pool>.<generate|delete|rejected> for the client-custody kinds, so that
+// a client subscribes to everything for its pool with <prefix>.client.<pool>.>.
 func (s Subjects) Outbound(k Kind, pool string) string {
+	if rest, ok := strings.CutPrefix(string(k), "client."); ok {
+		return s.Client(pool, rest)
+	}
 	return fmt.Sprintf("%s.%s.%s", s.Prefix, k, pool)
+}
+
+// Client is the subject of a client-custody message: <prefix>.client.<pool>.<what>.
+func (s Subjects) Client(pool, what string) string {
+	return fmt.Sprintf("%s.client.%s.%s", s.Prefix, pool, what)
 }
 
 // DeadLetter is where rejected inputs are reported.

@@ -64,6 +64,9 @@ var typeFields = map[Type][]string{
 	TypeGenerated:        {"generated"},
 	TypePoolRegistered:   {"register"},
 	TypeGenerationFailed: {"reason"},
+	TypeSubmitted:        {"key_package", "request_id", "generated"},
+	TypeDeleted:          {"refs"},
+	TypeInventory:        {"refs"},
 }
 
 // checkTypeFields refuses a field of another event type (a "ref" on a tick, say), which
@@ -89,7 +92,8 @@ func checkTypeFields(t Type, present map[string]bool) error {
 func setFields(e Event) map[string]bool {
 	set := map[string]bool{}
 	for name, on := range map[string]bool{"ref": e.Ref != "", "reason": e.Reason != "", "retry": e.Retry,
-		"generated": e.Generated != nil, "register": e.Register != nil} {
+		"generated": e.Generated != nil, "register": e.Register != nil,
+		"key_package": e.KeyPackage != nil, "request_id": e.RequestID != "", "refs": e.Refs != nil} {
 		if on {
 			set[name] = true
 		}
@@ -132,19 +136,38 @@ func Validate(e Event) error {
 		if e.Reason == "" {
 			return &FieldError{Field: "reason", Reason: "missing (generation_failed says why)"}
 		}
+	case TypeSubmitted:
+		if len(e.KeyPackage) == 0 && e.Generated == nil {
+			return &FieldError{Field: "key_package", Reason: "missing (base64 of the MLSMessage or KeyPackage)"}
+		}
+		if len(e.RequestID) > MaxIDLength {
+			return &FieldError{Field: "request_id", Reason: fmt.Sprintf("longer than %d bytes", MaxIDLength)}
+		}
+		if e.Generated != nil {
+			if err := validGenerated(e.Generated); err != nil {
+				return err
+			}
+		}
+	case TypeDeleted, TypeInventory:
+		if e.Refs == nil {
+			return &FieldError{Field: "refs", Reason: "missing (a list of hex KeyPackageRefs; [] for none)"}
+		}
+		seen := make(map[string]bool, len(e.Refs))
+		for i, r := range e.Refs {
+			if err := validRef(r); err != nil {
+				return &FieldError{Field: fmt.Sprintf("refs[%d]", i), Reason: err.(*FieldError).Reason}
+			}
+			if seen[r] {
+				return &FieldError{Field: fmt.Sprintf("refs[%d]", i), Reason: "listed twice"}
+			}
+			seen[r] = true
+		}
 	case TypeGenerated:
-		g := e.Generated
-		if g == nil {
+		if e.Generated == nil {
 			return &FieldError{Field: "generated", Reason: "missing"}
 		}
-		if err := validRef(g.Ref); err != nil {
+		if err := validGenerated(e.Generated); err != nil {
 			return err
-		}
-		if len(g.KeyPackage) == 0 {
-			return &FieldError{Field: "generated.key_package", Reason: "missing"}
-		}
-		if g.NotAfter <= g.NotBefore {
-			return &FieldError{Field: "generated.not_after", Reason: "not after not_before"}
 		}
 	case TypePoolRegistered:
 		r := e.Register
@@ -160,6 +183,9 @@ func Validate(e Event) error {
 		if len(r.SignatureKey) == 0 {
 			return &FieldError{Field: "register.signature_key", Reason: "missing"}
 		}
+		if r.Custody != "" && r.Custody != CustodyKpool && r.Custody != CustodyClient {
+			return &FieldError{Field: "register.custody", Reason: fmt.Sprintf("%q is not a custody: use \"kpool\" (kpool holds the private keys) or \"client\" (the MLS client does)", truncate(r.Custody, 40))}
+		}
 	case "":
 		return &FieldError{Field: "type", Reason: "missing"}
 	default:
@@ -170,6 +196,19 @@ func Validate(e Event) error {
 	}
 	if needRef {
 		return validRef(e.Ref)
+	}
+	return nil
+}
+
+func validGenerated(g *Generated) error {
+	if err := validRef(g.Ref); err != nil {
+		return err
+	}
+	if len(g.KeyPackage) == 0 {
+		return &FieldError{Field: "generated.key_package", Reason: "missing"}
+	}
+	if g.NotAfter <= g.NotBefore {
+		return &FieldError{Field: "generated.not_after", Reason: "not after not_before"}
 	}
 	return nil
 }

@@ -55,6 +55,10 @@ func TestFireValid(t *testing.T) {
 		{Available, Expire, LastResort, Expired},
 		{Claimed, Expire, Regular, Expired},
 		{Expired, Delete, Regular, Deleted},
+		{Created, Lose, Regular, Deleted},
+		{Available, Lose, LastResort, Deleted},
+		{Claimed, Lose, Regular, Deleted},
+		{Expired, Lose, Regular, Deleted},
 	}
 	for _, c := range cases {
 		got, err := Fire("ab", c.from, c.ev, c.kind)
@@ -103,7 +107,7 @@ func TestFireInvalid(t *testing.T) {
 
 // Every state/event/kind combination either follows exactly one table row or fails typed.
 func TestFireMatchesTable(t *testing.T) {
-	events := []Event{UploadAck, UploadRejected, UploadFailed, Claim, Consume, Expire, Delete}
+	events := []Event{UploadAck, UploadRejected, UploadFailed, Claim, Consume, Expire, Delete, Lose}
 	for _, s := range States {
 		for _, e := range events {
 			for _, k := range []Kind{Regular, LastResort} {

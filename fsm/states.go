@@ -31,6 +31,9 @@ const (
 	Delete         Event = "delete"
 	// UploadFailed drops a KeyPackage whose uploads were never acknowledged.
 	UploadFailed Event = "upload_failed"
+	// Lose retires a client-custody KeyPackage its client no longer holds (inventory,
+	// or a deletion the client reported itself): no Welcome for it can be processed.
+	Lose Event = "lost"
 )
 
 // Live reports whether a KeyPackage in state s still counts toward the hard cap.

@@ -28,8 +28,32 @@ func (v *txView) validate(in Input, r pool.Ready, allowMissing bool) error {
 	for _, ref := range r.Erase {
 		erased[ref] = true
 	}
+	clientPools := map[string]bool{} // client custody: kpool holds no keys for them
+	for _, p := range r.Pools {
+		clientPools[p.ID] = p.Custody == events.CustodyClient
+		if _, given := in.Secrets[PoolSecretID(p.ID)]; given && clientPools[p.ID] {
+			return &InputError{EventID: in.Event.ID, Err: ErrClientSecret,
+				Reason: "a signature private key given for client-custody pool " + p.ID}
+		}
+	}
 	for _, kp := range r.KeyPackages {
 		if !kp.State.Live() { // live ones may be handed out or taken: keys required
+			continue
+		}
+		client, known := clientPools[kp.Pool]
+		if !known {
+			p, _, err := v.Pool(kp.Pool)
+			if err != nil {
+				return err
+			}
+			client = p.Custody == events.CustodyClient
+			clientPools[kp.Pool] = client
+		}
+		if client {
+			if _, given := in.Secrets[kp.Ref]; given {
+				return &InputError{EventID: in.Event.ID, Ref: kp.Ref, Err: ErrClientSecret,
+					Reason: "private keys given for a KeyPackage of a client-custody pool"}
+			}
 			continue
 		}
 		_, given := in.Secrets[kp.Ref]

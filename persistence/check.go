@@ -52,8 +52,12 @@ func (s *Store) Check(report func(problem string)) error {
 				add("pool %q: %v", k, err)
 				return nil
 			}
-			if !v.hasSecret(PoolSecretID(p.ID)) {
+			client := p.Custody == events.CustodyClient
+			switch has := v.hasSecret(PoolSecretID(p.ID)); {
+			case !client && !has:
 				add("pool %s: signature private key missing", p.ID)
+			case client && has:
+				add("pool %s: custody client, but kpool stores a signature private key", p.ID)
 			}
 			if err := pool.CheckPool(p, meta.Time, poolKPs(v, p.ID, add)); err != nil {
 				add("%v", err)
@@ -108,6 +112,20 @@ func (s *Store) checkJournal(v *txView, meta pool.Meta, add func(string, ...any)
 
 func (s *Store) checkRecords(v *txView, add func(string, ...any)) {
 	records := 0
+	clientPools, asks := map[string]bool{}, 0
+	_ = v.pools.ForEach(func(_, val []byte) error {
+		var p pool.Pool
+		if json.Unmarshal(val, &p) == nil {
+			clientPools[p.ID] = p.Custody == events.CustodyClient
+			if !p.ClientAsk.IsZero() {
+				asks++
+				if v.expiry.Get(indexKey(p.ClientAsk, pool.ClientTimerRef(p.ID))) == nil {
+					add("pool %s: no expiry index entry for its client re-ask at %s", p.ID, p.ClientAsk)
+				}
+			}
+		}
+		return nil
+	})
 	_ = v.kps.ForEach(func(k, val []byte) error {
 		records++
 		var kp pool.KeyPackage
@@ -125,7 +143,11 @@ func (s *Store) checkRecords(v *txView, add func(string, ...any)) {
 			add("keypackage %s (%s): no expiry index entry at its deadline %s", kp.Ref, kp.State, kp.Deadline)
 		}
 		sealed := v.secrets.Get(k)
+		client := clientPools[kp.Pool]
 		switch {
+		case client && sealed != nil:
+			add("keypackage %s of client-custody pool %s has private keys stored", kp.Ref, kp.Pool)
+		case client:
 		case kp.State.Live() && sealed == nil:
 			add("keypackage %s is %s without private keys", kp.Ref, kp.State)
 		case kp.State == fsm.Deleted && sealed != nil:
@@ -150,14 +172,20 @@ func (s *Store) checkRecords(v *txView, add func(string, ...any)) {
 			add("expiry index: malformed key %x", k)
 			return nil
 		}
+		if id, isTimer := pool.ClientTimerPool(ref); isTimer {
+			if p, found, err := v.Pool(id); err == nil && (!found || !p.ClientAsk.Equal(at)) {
+				add("expiry index: client re-ask %s at %s does not match a pool", id, at)
+			}
+			return nil
+		}
 		kp, found, err := v.KeyPackage(ref)
 		if err == nil && (!found || !kp.Deadline.Equal(at)) {
 			add("expiry index: entry %s at %s does not match a record", ref, at)
 		}
 		return nil
 	})
-	if entries != records {
-		add("expiry index holds %d entries for %d records", entries, records)
+	if entries != records+asks {
+		add("expiry index holds %d entries for %d records and %d client re-asks", entries, records, asks)
 	}
 	_ = v.secrets.ForEach(func(k, _ []byte) error {
 		id := string(k)

@@ -33,6 +33,9 @@ var (
 	ErrClosed = errors.New("closed")
 	// ErrMissingSecret: a step would leave a live KeyPackage without its private keys.
 	ErrMissingSecret = errors.New("live KeyPackage without private keys")
+	// ErrClientSecret: private material given for a client-custody pool, whose keys
+	// only its client may hold.
+	ErrClientSecret = errors.New("private keys of a client-custody pool")
 	// ErrSequence: a step returned a sequence number that does not follow the stored one.
 	ErrSequence = errors.New("input sequence out of order")
 )

@@ -97,6 +97,18 @@ func (v *txView) Due(until time.Time, fn func(pool.IndexEntry) bool) error {
 	return nil
 }
 
+// PoolRefs implements pool.RefLister over the per-pool index (a client's inventory).
+func (v *txView) PoolRefs(poolID string, fn func(ref string) bool) error {
+	prefix := poolKPKey(poolID, "")
+	c := v.poolKPs.Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		if !fn(string(k[len(prefix):])) {
+			return nil
+		}
+	}
+	return nil
+}
+
 func (v *txView) Seen(poolID, eventID string) (events.Digest, bool, error) {
 	b := v.seen.Get(seenKey(poolID, eventID))
 	if b == nil {

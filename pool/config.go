@@ -27,6 +27,7 @@ func (c Config) WithPolicy(p events.Policy) Config {
 	setDur(&c.UploadTimeout, p.UploadTimeout)
 	setInt(&c.MaxUploadAttempts, p.MaxUploadAttempts)
 	setDur(&c.TombstoneRetention, p.TombstoneRetention)
+	setDur(&c.DeleteAlertAfter, p.DeleteAlertAfter)
 	return c
 }
 
@@ -60,6 +61,7 @@ func Changed(a, b Config) []string {
 	add("upload_timeout", a.UploadTimeout != b.UploadTimeout)
 	add("max_upload_attempts", a.MaxUploadAttempts != b.MaxUploadAttempts)
 	add("tombstone_retention", a.TombstoneRetention != b.TombstoneRetention)
+	add("delete_alert_after", a.DeleteAlertAfter != b.DeleteAlertAfter)
 	return names
 }
 
@@ -120,6 +122,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxUploadAttempts < 1 {
 		add("max_upload_attempts %d must be at least 1", c.MaxUploadAttempts)
+	}
+	if c.DeleteAlertAfter < 0 {
+		add("delete_alert_after %s must not be negative", human(c.DeleteAlertAfter))
 	}
 	if c.TombstoneRetention <= 0 {
 		add("tombstone_retention %s must be positive (a tombstone recognises late duplicates)", human(c.TombstoneRetention))

@@ -94,6 +94,12 @@ func appendStatus(b []byte, v *events.Status) ([]byte, error) {
 	if v.GenerationError != "" {
 		b = appendStringField(b, `,"generation_error":`, v.GenerationError)
 	}
+	if v.Custody != "" {
+		b = appendStringField(b, `,"custody":`, v.Custody)
+	}
+	if v.DeletePending != 0 {
+		b = appendInt(b, `,"delete_pending":`, v.DeletePending)
+	}
 	return append(b, '}'), err
 }
 

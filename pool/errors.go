@@ -16,6 +16,8 @@ const (
 	CodeOverCap           = "over_cap"
 	CodeInvalidInput      = "invalid_input"
 	CodeIDReused          = "id_reused" // an event id already applied in the pool to a different event
+	CodeCustody           = "custody"   // an input for the other custody kind (e.g. submitted to a kpool pool)
+	CodeNotAsked          = "not_asked" // a client submitted a last-resort KeyPackage nobody asked for
 )
 
 // ErrRejected is matched by every RejectError.

@@ -27,7 +27,7 @@ func CheckPool(p Pool, now time.Time, kps iter.Seq[KeyPackage]) error {
 	var all, lr events.Counts
 	fresh, tombs := 0, 0
 	expiries := map[int64]int{}
-	held := ""
+	held, pending := "", 0
 	lrFound, pendingFound := p.LastResort == "", p.LastResortPending == ""
 	for k := range kps {
 		if k.Ref == p.LastResort {
@@ -44,6 +44,12 @@ func CheckPool(p Pool, now time.Time, kps iter.Seq[KeyPackage]) error {
 		}
 		if k.Pool != p.ID {
 			return violation("pool %s: KeyPackage %s belongs to %s", p.ID, k.Ref, k.Pool)
+		}
+		if k.DeletePending {
+			if k.State != fsm.Deleted || !isClient(&p) {
+				return violation("KeyPackage %s awaits a delete confirmation in state %s (custody %s)", k.Ref, k.State, CustodyName(p))
+			}
+			pending++
 		}
 		if k.State == fsm.Deleted {
 			tombs++
@@ -107,6 +113,15 @@ func CheckPool(p Pool, now time.Time, kps iter.Seq[KeyPackage]) error {
 	}
 	if p.Requested < 0 || reserved(&p) > p.Config.HardCap {
 		return violation("pool %s: live %d + requested %d (+ last resort %v) over hard_cap %d", p.ID, live(p.Counts), p.Requested, p.LastResortRequested, p.Config.HardCap)
+	}
+	if pending != p.DeletePending {
+		return violation("pool %s: delete_pending %d, recount %d", p.ID, p.DeletePending, pending)
+	}
+	if !isClient(&p) && !p.ClientAsk.IsZero() {
+		return violation("pool %s (custody kpool) has a client re-ask timer", p.ID)
+	}
+	if isClient(&p) && demand(&p) > 0 && !p.ClientAsk.After(now) {
+		return violation("pool %s asks its client for %d KeyPackages but its re-ask %s is not after %s", p.ID, demand(&p), p.ClientAsk, now)
 	}
 	if p.LastResortCounts.Available > 1+b2i(p.LastResortPending != "") {
 		return violation("pool %s: %d last resorts available", p.ID, p.LastResortCounts.Available)
@@ -181,10 +196,18 @@ func CheckInvariants(m *MemStore) error {
 			return err
 		}
 	}
-	n := 0
+	n, timers := 0, 0
 	var bad error
 	m.index.ascend(time.Unix(1<<40, 0), func(e IndexEntry) bool {
 		n++
+		if id, ok := ClientTimerPool(e.Ref); ok {
+			if p, ok := m.pools[id]; !ok || !p.ClientAsk.Equal(e.At) {
+				bad = violation("index entry %s@%s does not match a client pool's re-ask", e.Ref, e.At)
+				return false
+			}
+			timers++
+			return true
+		}
 		k, ok := m.kps[e.Ref]
 		if !ok || !k.Deadline.Equal(e.At) {
 			bad = violation("index entry %s@%s does not match a KeyPackage deadline", e.Ref, e.At)
@@ -195,8 +218,12 @@ func CheckInvariants(m *MemStore) error {
 	if bad != nil {
 		return bad
 	}
-	if n != len(m.kps) {
-		return violation("%d index entries for %d KeyPackages", n, len(m.kps))
+	asks := 0
+	for _, p := range m.pools {
+		asks += b2i(!p.ClientAsk.IsZero())
+	}
+	if n != len(m.kps)+asks || timers != asks {
+		return violation("%d index entries for %d KeyPackages and %d client re-ask timers", n, len(m.kps), asks)
 	}
 	for _, k := range m.kps {
 		if _, ok := m.pools[k.Pool]; !ok {

@@ -77,8 +77,12 @@ func (t *txn) fire(p *Pool, k *KeyPackage, ev fsm.Event, reason string) error {
 		k.Deadline = time.Unix(k.NotAfter, 0).UTC().Add(p.Config.DeleteGrace)
 	case fsm.Deleted:
 		p.Tombstones++
-		t.eraseKeys(k.Ref)
 		k.Deadline = t.now.Add(p.Config.TombstoneRetention)
+		if isClient(p) {
+			t.orderDelete(p, k) // the keys are the client's: tell it to delete them
+		} else {
+			t.eraseKeys(k.Ref)
+		}
 	}
 	return nil
 }
@@ -165,6 +169,10 @@ func (t *txn) timer(p *Pool, k *KeyPackage) error {
 	case fsm.Expired:
 		return t.fire(p, k, fsm.Delete, "delete_grace after not_after passed")
 	case fsm.Deleted:
+		if k.DeletePending {
+			t.pendingTimer(p, k)
+			return nil
+		}
 		p.Tombstones--
 		t.purge(k)
 	}

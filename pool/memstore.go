@@ -78,6 +78,16 @@ func (m *MemStore) Due(until time.Time, fn func(IndexEntry) bool) error {
 	return nil
 }
 
+// PoolRefs implements RefLister by scanning the store (tests and replay only).
+func (m *MemStore) PoolRefs(pool string, fn func(ref string) bool) error {
+	for _, ref := range slices.Sorted(maps.Keys(m.kps)) {
+		if m.kps[ref].Pool == pool && !fn(ref) {
+			return nil
+		}
+	}
+	return nil
+}
+
 // Seen implements View.
 func (m *MemStore) Seen(pool, id string) (events.Digest, bool, error) {
 	s, ok := m.seen[seenKey{pool, id}]

@@ -39,18 +39,29 @@ func (t *txn) refill(p *Pool, force bool) {
 		inflight := p.Counts.Created - p.LastResortCounts.Created + p.Requested
 		if n := min(cfg.Target-p.Fresh-inflight, cfg.HardCap-reserved(p)); n > 0 {
 			p.Requested += n
-			t.generate = append(t.generate, GenerateRequest{Pool: p.ID, Count: n})
+			t.request(p, GenerateRequest{Pool: p.ID, Count: n})
 		}
 	}
 	if needLastResort(p) && reserved(p) < cfg.HardCap {
 		p.LastResortRequested = true
-		t.generate = append(t.generate, GenerateRequest{Pool: p.ID, Count: 1, LastResort: true})
+		t.request(p, GenerateRequest{Pool: p.ID, Count: 1, LastResort: true})
+	}
+}
+
+// request hands a generate request to the edge; a client pool's demand is asked of its
+// client instead (finish publishes it).
+func (t *txn) request(p *Pool, r GenerateRequest) {
+	if !isClient(p) {
+		t.generate = append(t.generate, r)
 	}
 }
 
 // reissue re-emits every outstanding request (after a crash the edge may have lost
 // them; extra `generated` inputs beyond the cap are refused, so this cannot overfill).
 func (t *txn) reissue(p *Pool) {
+	if isClient(p) {
+		return // finish asks the client again (forced)
+	}
 	t.generate = slices.DeleteFunc(t.generate, func(g GenerateRequest) bool { return g.Pool == p.ID })
 	t.generate = append(t.generate, p.Outstanding()...)
 }
@@ -151,7 +162,7 @@ func statusBody(p *Pool) events.Status {
 		Health: health(p), Counts: p.Counts, AvailableFresh: p.Fresh,
 		Target: p.Config.Target, LowWatermark: p.Config.LowWatermark, HardCap: p.Config.HardCap,
 		LastResortRef: p.LastResort, LastResortUsed: p.LastResortUsed, NextExpiry: nextExpiry(p),
-		GenerationError: p.GenerationError,
+		GenerationError: p.GenerationError, Custody: p.Custody, DeletePending: p.DeletePending,
 	}
 }
 
@@ -170,7 +181,15 @@ func (t *txn) finish() {
 	for _, id := range t.poolIDs {
 		e := t.pools[id]
 		p := &e.p
+		asked := demand(p)
 		t.refill(p, t.force == id)
+		if isClient(p) {
+			if demand(p) > asked || (t.force == id && demand(p) > 0) {
+				p.ClientAsks = 0 // new demand, or asked for: a fresh backoff
+				t.ask(p)
+			}
+			t.flushDeletes(id)
+		}
 		st := statusBody(p)
 		before := &e.before
 		if !e.isNew && sameStatus(*before, st) {

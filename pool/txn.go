@@ -36,6 +36,9 @@ type txn struct {
 	generate []GenerateRequest
 	trans    []events.Transition
 	err      error
+
+	deletes map[string][]string // client custody: refs to tell each pool's client to delete
+	gone    map[string]bool     // refs the client reported gone: no delete instruction
 }
 
 // poolEntry is a pool as this Step sees it.
@@ -43,6 +46,7 @@ type poolEntry struct {
 	p      Pool
 	before events.Status // status as loaded, compared by finish
 	isNew  bool          // registered by this Step: there is no status before
+	ask    time.Time     // ClientAsk as stored: the pool's re-ask timer in the index
 	// ownExpiries: p.Expiries is this Step's copy. The map loaded from the View is the
 	// View's own (MemStore and the persistence overlay share it), so it is copied on
 	// the first write, not on every load: most Steps never change a pool's buckets.
@@ -74,7 +78,7 @@ func (t *txn) pool(id string) (*Pool, bool, error) {
 	if err != nil || !ok {
 		return nil, false, err
 	}
-	e := &poolEntry{p: p}
+	e := &poolEntry{p: p, ask: p.ClientAsk}
 	e.before = statusBody(&e.p)
 	t.pools[id] = e
 	t.poolIDs = append(t.poolIDs, id)
@@ -174,7 +178,16 @@ func (t *txn) ready() Ready {
 		r.Pools = make([]Pool, 0, len(t.poolIDs))
 	}
 	for _, id := range t.poolIDs {
-		r.Pools = append(r.Pools, t.pools[id].p)
+		e := t.pools[id]
+		r.Pools = append(r.Pools, e.p)
+		if !e.ask.Equal(e.p.ClientAsk) { // a client pool's re-ask timer moved
+			if !e.ask.IsZero() {
+				r.IndexDel = append(r.IndexDel, IndexEntry{At: e.ask, Ref: ClientTimerRef(id)})
+			}
+			if !e.p.ClientAsk.IsZero() {
+				r.IndexPut = append(r.IndexPut, IndexEntry{At: e.p.ClientAsk, Ref: ClientTimerRef(id)})
+			}
+		}
 	}
 	slices.Sort(t.refs)
 	for _, ref := range t.refs {

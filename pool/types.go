@@ -32,6 +32,12 @@ type KeyPackage struct {
 	FreshUntil time.Time `json:"fresh_until"`    // not_after − 2×expiry_margin: stops counting toward the watermark
 	Bucket     int64     `json:"bucket"`         // key in Pool.Expiries while live
 	Held       bool      `json:"held,omitempty"` // kept available past ExpiresAt as the pool's last one
+
+	// Client custody: a deleted KeyPackage whose deletion the client has not confirmed.
+	DeletePending bool      `json:"delete_pending,omitempty"`
+	DeleteSends   int       `json:"delete_sends,omitempty"`   // delete instructions sent so far
+	DeleteAlerted bool      `json:"delete_alerted,omitempty"` // delete_unconfirmed raised
+	DeletedAt     time.Time `json:"deleted_at,omitzero"`
 }
 
 // Pool is the stored record of one pool: identity, policy, counters and status sequence.
@@ -74,6 +80,16 @@ type Pool struct {
 	ClaimWindowCount int       `json:"claim_window_count"`
 	ClaimStormRaised bool      `json:"claim_storm_raised,omitempty"`
 	CreatedAt        time.Time `json:"created_at"`
+
+	// Custody is events.CustodyClient for a pool whose MLS client holds the private keys;
+	// empty: kpool holds them.
+	Custody string `json:"custody,omitempty"`
+	// Client custody: when the outstanding demand is asked again (zero: nothing asked),
+	// how many times it was asked since the client last submitted, and how many deleted
+	// KeyPackages the client has not confirmed deleting.
+	ClientAsk     time.Time `json:"client_ask,omitzero"`
+	ClientAsks    int       `json:"client_asks,omitempty"`
+	DeletePending int       `json:"delete_pending,omitempty"`
 }
 
 // Config is a pool's effective policy.
@@ -89,6 +105,9 @@ type Config struct {
 	UploadTimeout      time.Duration `json:"upload_timeout"`
 	MaxUploadAttempts  int           `json:"max_upload_attempts"`
 	TombstoneRetention time.Duration `json:"tombstone_retention"`
+	// DeleteAlertAfter (client custody; 0: 24h) is how long a delete instruction may go
+	// unconfirmed before a delete_unconfirmed alert.
+	DeleteAlertAfter time.Duration `json:"delete_alert_after,omitempty"`
 }
 
 // Meta is the core's global state.
@@ -117,6 +136,13 @@ type View interface {
 	// Seen reports whether an event id was already applied in a pool ("" for inputs of
 	// no pool), with the digest (events.Event.Digest) of the input it was applied with.
 	Seen(pool, eventID string) (digest events.Digest, ok bool, err error)
+}
+
+// RefLister is implemented by Views that can list a pool's KeyPackage refs (tombstones
+// included): the core needs it only for a client's inventory, which is reconciled
+// against the whole pool.
+type RefLister interface {
+	PoolRefs(pool string, fn func(ref string) bool) error
 }
 
 // GenerateRequest asks the edge to mint KeyPackages for a pool and feed each back as a
