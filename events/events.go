@@ -104,7 +104,7 @@ type Register struct {
 	// Custody is who holds the pool's private keys: "kpool" (empty: the default) or
 	// "client". It cannot change after registration.
 	Custody string `json:"custody,omitempty"`
-	Policy       Policy `json:"policy,omitzero"`
+	Policy  Policy `json:"policy,omitzero"`
 }
 
 // Policy holds per-pool overrides of the worker's default pool configuration. A nil field
