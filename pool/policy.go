@@ -69,6 +69,9 @@ func (t *txn) reissue(p *Pool) {
 // Outstanding is what the pool record still owes in generate requests, the last resort
 // first: the counters are durable, so the edge resumes an interrupted refill from them.
 func (p *Pool) Outstanding() []GenerateRequest {
+	if isClient(p) {
+		return nil // its client generates: the core asks it (client.generate)
+	}
 	var out []GenerateRequest
 	if p.LastResortRequested {
 		out = append(out, GenerateRequest{Pool: p.ID, Count: 1, LastResort: true})

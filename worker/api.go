@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 
@@ -138,11 +139,35 @@ func (w *Worker) apiRegister(id string, data []byte) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	reg := &events.Register{Identity: body.Identity, CipherSuite: body.CipherSuite, Policy: body.Policy}
+	reg := &events.Register{Identity: body.Identity, CipherSuite: body.CipherSuite, Policy: body.Policy, Custody: body.Custody}
 	in := persistence.Input{Event: events.Event{ID: w.eventID(body.ID), Type: events.TypePoolRegistered, Time: w.cfg.Clock().UTC(), Pool: id, Register: reg}}
 	var sealed *natsbus.Sealed
+	client := body.Custody == events.CustodyClient || (exists && body.Custody == "" && existing.Custody == events.CustodyClient)
+	if body.Custody != "" && body.Custody != events.CustodyKpool && body.Custody != events.CustodyClient {
+		return nil, &events.FieldError{Field: "custody", Reason: fmt.Sprintf("%q is not a custody: use \"kpool\" (kpool holds the private keys) or \"client\" (the MLS client does)", body.Custody)}
+	}
+	switch {
+	case !client && len(body.SignatureKey) > 0:
+		return nil, &events.FieldError{Field: "signature_key", Reason: "only a client-custody pool is registered with a signature key (kpool generates its own)"}
+	case client && len(body.RecipientKey) > 0:
+		return nil, &events.FieldError{Field: "recipient_key", Reason: "a client-custody pool has no private key to seal: its client holds it"}
+	}
 	if exists {
 		reg.SignatureKey = existing.SignatureKey
+		if client && len(body.SignatureKey) > 0 && !bytes.Equal(body.SignatureKey, existing.SignatureKey) {
+			reg.SignatureKey = body.SignatureKey // the core refuses the change (conflict)
+		}
+	} else if client {
+		if !mls.CipherSuite(body.CipherSuite).Valid() {
+			return nil, &events.FieldError{Field: "cipher_suite", Reason: fmt.Sprintf("%d is not a cipher suite kpool supports", body.CipherSuite)}
+		}
+		if len(body.SignatureKey) == 0 {
+			return nil, &events.FieldError{Field: "signature_key", Reason: "missing: a client-custody pool is registered with its client's signature public key"}
+		}
+		if err := mls.CheckSignaturePublicKey(mls.CipherSuite(body.CipherSuite), body.SignatureKey); err != nil {
+			return nil, &events.FieldError{Field: "signature_key", Reason: fmt.Sprintf("not a signature public key of cipher suite %d: %v", body.CipherSuite, err)}
+		}
+		reg.SignatureKey = body.SignatureKey
 	} else {
 		if !mls.CipherSuite(body.CipherSuite).Valid() {
 			return nil, &events.FieldError{Field: "cipher_suite", Reason: fmt.Sprintf("%d is not a supported cipher suite (1-7, 77-88)", body.CipherSuite)}
@@ -179,7 +204,7 @@ func (w *Worker) apiRegister(id string, data []byte) (any, error) {
 		return nil, apiErr(natsbus.CodeInternal, "pool %s not found after registration", id)
 	}
 	created := !exists && !res.Ready.Duplicate
-	info := natsbus.PoolInfo{Pool: p.ID, Identity: p.Identity, CipherSuite: p.CipherSuite, SignatureKey: p.SignatureKey, Created: created,
+	info := natsbus.PoolInfo{Pool: p.ID, Identity: p.Identity, CipherSuite: p.CipherSuite, SignatureKey: p.SignatureKey, Created: created, Custody: pool.CustodyName(p),
 		Policy: pool.InForce(p), Changed: []string{}}
 	if exists {
 		info.Changed = append(info.Changed, pool.Changed(existing.Config, p.Config)...)
@@ -187,7 +212,7 @@ func (w *Worker) apiRegister(id string, data []byte) (any, error) {
 	}
 	if created {
 		info.SealedSignatureKey = sealed
-		w.log.Info("pool registered", "pool", id, "identity", p.Identity, "cipher_suite", p.CipherSuite)
+		w.log.Info("pool registered", "pool", id, "identity", p.Identity, "cipher_suite", p.CipherSuite, "custody", pool.CustodyName(p))
 	}
 	if st, err := w.statusOf(p); err == nil {
 		info.Status = &st
@@ -286,6 +311,9 @@ func (w *Worker) apiTake(id string, data []byte) (any, error) {
 	}
 	if !ok {
 		return nil, apiErr(pool.CodeUnknownPool, "pool %s is not registered", id)
+	}
+	if p.Custody == events.CustodyClient {
+		return nil, apiErr(pool.CodeCustody, "pool %s is client custody: its private keys never leave its MLS client, so kpool has none to hand out; the client reports a processed Welcome with a consumed event", id)
 	}
 	if _, err := w.keyPackageIn(id, body.Ref); err != nil {
 		return nil, err

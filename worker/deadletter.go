@@ -29,7 +29,7 @@ func bestEffortID(data []byte) string {
 }
 
 // edgeError is a rejection decided at the edge, before the core.
-type edgeError struct{ code, reason string }
+type edgeError struct{ code, reason, ref string }
 
 func (e *edgeError) Error() string { return e.reason }
 

@@ -377,6 +377,17 @@ func (w *Worker) applyOne(b *persistence.Batch, in inbound) (outcome, error) {
 			return o, nil
 		}
 		input.Secrets, input.Reveal = o.call.secrets, o.call.reveal
+	} else if ev.Type == events.TypeSubmitted {
+		checked, err := w.checkSubmission(b.View(), ev)
+		var ee *edgeError
+		switch {
+		case errors.As(err, &ee):
+			o.refused = err
+			return o, w.tellClient(b, ev, in.seq, err)
+		case err != nil:
+			return o, err
+		}
+		ev, o.ev, input.Event = checked, checked, checked
 	}
 	res, err := b.Apply(w.step, input)
 	if err != nil {
@@ -392,8 +403,23 @@ func (w *Worker) applyOne(b *persistence.Batch, in inbound) (outcome, error) {
 				return o, err
 			}
 		}
+		if err := w.tellClient(b, ev, in.seq, res.Err); err != nil {
+			return o, err
+		}
 	}
 	return o, nil
+}
+
+// tellClient reports a refused submission to its client pool on the rejected subject.
+func (w *Worker) tellClient(b *persistence.Batch, ev events.Event, seq uint64, cause error) error {
+	if !submissionRefused(b.View(), ev) {
+		return nil
+	}
+	o, ok := clientRejected(ev, seq, cause)
+	if !ok {
+		return nil
+	}
+	return b.Publish(o)
 }
 
 // afterCommit answers the calls, dead-letters refusals, and carries the effects out.

@@ -58,6 +58,12 @@ type RegisterRequest struct {
 	RecipientKey []byte `json:"recipient_key,omitempty"`
 	// ID makes the call idempotent: the same id is applied once. Optional.
 	ID string `json:"id,omitempty"`
+	// Custody is who holds the pool's private keys: "kpool" (the default) or "client".
+	// It cannot change after registration.
+	Custody string `json:"custody,omitempty"`
+	// SignatureKey (custody client, required on creation) is the client's own signature
+	// public key; kpool never sees the private half.
+	SignatureKey []byte `json:"signature_key,omitempty"`
 }
 
 // Sealed is HPKE base-mode output (RFC 9180 single-shot Seal): the KEM encapsulation and
@@ -74,6 +80,7 @@ type PoolInfo struct {
 	CipherSuite  uint16 `json:"cipher_suite"`
 	SignatureKey []byte `json:"signature_key"` // public
 	Created      bool   `json:"created"`       // this call created the pool
+	Custody      string `json:"custody"`       // "kpool" or "client"
 	// Policy is the policy in force after the call, every field given.
 	Policy events.Policy `json:"policy,omitzero"`
 	// Changed names the policy fields this call changed (empty when it created the pool or

@@ -23,6 +23,7 @@ type Streams struct {
 	Events   string // inbound events: <prefix>.events.>
 	Status   string // last status per pool: <prefix>.status.>
 	Outbound string // uploads, withdrawals, transitions, alerts, dead letters
+	Client   string // client custody: <prefix>.client.> (generate, delete, rejected)
 }
 
 var unsafeStreamChars = regexp.MustCompile(`[^A-Za-z0-9_-]`)
@@ -31,7 +32,7 @@ var unsafeStreamChars = regexp.MustCompile(`[^A-Za-z0-9_-]`)
 // several prefixes can share one NATS account.
 func StreamNames(prefix string) Streams {
 	base := strings.ToUpper(unsafeStreamChars.ReplaceAllString(prefix, "_"))
-	return Streams{Events: base + "_EVENTS", Status: base + "_STATUS", Outbound: base + "_OUTBOUND"}
+	return Streams{Events: base + "_EVENTS", Status: base + "_STATUS", Outbound: base + "_OUTBOUND", Client: base + "_CLIENT"}
 }
 
 // StreamOptions bounds what the streams keep.
@@ -140,6 +141,17 @@ func StreamConfigs(s events.Subjects, o StreamOptions) []jetstream.StreamConfig 
 			MaxBytes:   o.OutboundMaxBytes,
 			Duplicates: o.DuplicateWindow,
 			Replicas:   o.Replicas,
+		},
+		{
+			// A client that comes online reads the last message of each of its subjects
+			// (its pool's current demand) and then follows new ones.
+			Name:        n.Client,
+			Description: "kpool instructions to MLS clients that hold their pools' keys: generate, delete, rejected",
+			Subjects:    []string{s.Prefix + ".client.>"},
+			Storage:     jetstream.FileStorage,
+			MaxAge:      o.OutboundMaxAge,
+			Duplicates:  o.DuplicateWindow,
+			Replicas:    o.Replicas,
 		},
 	}
 }
