@@ -430,6 +430,7 @@ func (w *Worker) afterCommit(outs []outcome) {
 		switch {
 		case o.refused != nil:
 			w.deadLetter(o.in, o.ev.ID, o.refused)
+			kick = kick || o.ev.Type == events.TypeSubmitted // its client.rejected message
 		case o.res.Err != nil:
 			w.deadLetter(o.in, o.ev.ID, o.res.Err)
 			kick = true
