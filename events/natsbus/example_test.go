@@ -158,3 +158,45 @@ func ExampleClient_Publish() {
 	// invalid ref: must be lowercase hex
 	// evt-1 unknown_pool
 }
+
+// An MLS client that keeps its own private keys (client custody): register its pool with
+// its signature public key, then let RunClient answer kpool's generate and delete
+// requests with the application's KeyStore — here MemKeyStore, backed by kpool's mls
+// package; an OpenMLS app supplies one over its storage provider (docs/client-custody.md).
+func ExampleClient_RunClient() {
+	c, done := exampleWorker()
+	defer done()
+	ctx := context.Background()
+
+	priv, pub, err := mls.NewSignatureKey(1, nil) // the client's own credential key
+	if err != nil {
+		panic(err)
+	}
+	signer, _ := mls.SignerFromPrivate(1, priv)
+	keys := natsbus.NewMemKeyStore(1, signer, "carol@example.org")
+
+	info, err := c.RegisterSealed(ctx, "carol", natsbus.RegisterRequest{Identity: "carol@example.org", CipherSuite: 1,
+		Custody: events.CustodyClient, SignatureKey: pub})
+	if err != nil {
+		panic(err)
+	}
+	stop, err := c.RunClient(ctx, "carol", keys, natsbus.ClientOptions{})
+	if err != nil {
+		panic(err)
+	}
+	defer stop()
+
+	// kpool asks for target (5) + a last resort; the client submits them, kpool uploads
+	// them and tracks them by ref: every ref kpool tracks is one the client holds.
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if st, err := c.Status(ctx, "carol"); err == nil && st.Counts.Created == 5+1 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval
+	}
+	held, _ := keys.Refs(ctx)
+	st, _ := c.Status(ctx, "carol")
+	fmt.Println(info.Custody, st.Custody, st.Counts.Created, len(held))
+	// Output: client client 6 6
+}
