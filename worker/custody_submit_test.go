@@ -182,7 +182,7 @@ func TestClientCustodyAcceptsInteropKeyPackages(t *testing.T) {
 		ref, _ := kp.Ref()
 		id := "interop" + string(rune('0'+v.Suite))
 		if _, err := c.RegisterSealed(ctx(t), id, natsbus.RegisterRequest{Identity: string(kp.LeafNode.Credential.Identity), CipherSuite: v.Suite,
-			Policy: events.Policy{Target: new(1), LowWatermark: new(0), HardCap: new(2), LastResort: new(false)},
+			Policy:  events.Policy{Target: new(1), LowWatermark: new(0), HardCap: new(2), LastResort: new(false)},
 			Custody: events.CustodyClient, SignatureKey: kp.LeafNode.SignatureKey}); err != nil {
 			t.Fatalf("vector %d: register: %v", v.Index, err)
 		}
