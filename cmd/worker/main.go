@@ -89,6 +89,7 @@ func newRoot() *cobra.Command {
 		poolCmd(),
 		eventsCmd(),
 		dsCmd(),
+		clientCmd(),
 		dbCmd(),
 		logCmd(),
 		keypackageCmd(),

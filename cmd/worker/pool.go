@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -38,7 +40,7 @@ func poolArg(args []string) (string, error) {
 
 func poolRegisterCmd() *cobra.Command {
 	var c client
-	var identity, policyFile, keyOut, anchorsFile string
+	var identity, policyFile, keyOut, anchorsFile, custody, sigKeyFile string
 	var suite, target, low, hardCap int
 	var lastResort bool
 	var profile profileFlags
@@ -50,7 +52,20 @@ func poolRegisterCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			req := natsbus.RegisterRequest{Identity: identity, CipherSuite: uint16(suite)}
+			req := natsbus.RegisterRequest{Identity: identity, CipherSuite: uint16(suite), Custody: custody}
+			switch {
+			case custody != "" && custody != events.CustodyKpool && custody != events.CustodyClient:
+				return usagef("--custody %q: use kpool (kpool holds the private keys) or client (the MLS client does)", custody)
+			case sigKeyFile != "" && custody != events.CustodyClient:
+				return usagef("--signature-key is the client's public key of a --custody client pool")
+			case keyOut != "" && custody == events.CustodyClient:
+				return usagef("--key-out: a --custody client pool has no private key at kpool (its client holds it)")
+			}
+			if sigKeyFile != "" {
+				if req.SignatureKey, err = readPublicKey(sigKeyFile); err != nil {
+					return err
+				}
+			}
 			if policyFile != "" {
 				data, err := os.ReadFile(policyFile)
 				if err != nil {
@@ -123,6 +138,8 @@ func poolRegisterCmd() *cobra.Command {
 	fs.StringVar(&policyFile, "policy", "", "JSON file with policy overrides (as in pool.register)")
 	fs.StringVar(&keyOut, "key-out", "", "write the pool's signature private key here (mode 0600) when the pool is created")
 	fs.BoolVar(&lastResort, "last-resort", true, "keep a last-resort KeyPackage (0x000A); --last-resort=false for Wire (docs/mls.md)")
+	fs.StringVar(&custody, "custody", "", "who holds the private keys: kpool (default) or client (docs/client-custody.md); fixed at creation")
+	fs.StringVar(&sigKeyFile, "signature-key", "", "--custody client: file with the client's signature public key (raw bytes or hex)")
 	fs.StringVar(&anchorsFile, "x509-trust-anchors", "", "PEM certificates the --x509-chain must end at or under (checked at registration)")
 	profile.register(fs)
 	return cmd
@@ -240,4 +257,16 @@ func poolReplenishCmd() *cobra.Command {
 	}
 	c.register(cmd)
 	return cmd
+}
+
+// readPublicKey reads a public key file: raw bytes, or the same as hex text.
+func readPublicKey(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if b, err := hex.DecodeString(strings.TrimSpace(string(data))); err == nil && len(b) > 0 {
+		return b, nil
+	}
+	return data, nil
 }
