@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -159,31 +160,15 @@ func hasCapabilities(p pool.Pool, kp *mls.KeyPackage) error {
 	if err != nil {
 		return err
 	}
-	want, got := opts.Capabilities, kp.LeafNode.Capabilities
-	check := func(kind mls.CapabilityKind, want, got []uint16) error {
-		for _, v := range want {
-			if !mls.IsGrease(v) && !containsU16(got, v) {
+	want, got := opts.Capabilities.Lists(), kp.LeafNode.Capabilities.Lists()
+	for i, kind := range mls.CapabilityKinds {
+		for _, v := range want[i] {
+			if !mls.IsGrease(v) && !slices.Contains(got[i], v) {
 				return fmt.Errorf("capabilities.%s lacks %s, which pool %s requires", kind, mls.CapabilityName(kind, v), p.ID)
 			}
 		}
-		return nil
 	}
-	return errors.Join(
-		check(mls.KindVersions, want.Versions, got.Versions),
-		check(mls.KindCipherSuites, u16s(want.CipherSuites), u16s(got.CipherSuites)),
-		check(mls.KindExtensions, u16s(want.Extensions), u16s(got.Extensions)),
-		check(mls.KindProposals, u16s(want.Proposals), u16s(got.Proposals)),
-		check(mls.KindCredentials, u16s(want.Credentials), u16s(got.Credentials)),
-	)
-}
-
-func containsU16(l []uint16, v uint16) bool {
-	for _, x := range l {
-		if x == v {
-			return true
-		}
-	}
-	return false
+	return nil
 }
 
 func truncate(s string, n int) string {
