@@ -132,6 +132,16 @@ func TestClientCommandsWithoutWorker(t *testing.T) {
 	}
 }
 
+// TestCompletion: the completion scripts docs/operations.md promises are printed.
+func TestCompletion(t *testing.T) {
+	for _, shell := range []string{"bash", "zsh", "fish", "powershell"} {
+		code, out, errOut := runCLI(t, "", "completion", shell)
+		if code != exitOK || errOut != "" || !strings.Contains(out, "worker") || !strings.Contains(strings.ToLower(out), shell) {
+			t.Errorf("completion %s: exit %d, stderr %q, %d bytes", shell, code, errOut, len(out))
+		}
+	}
+}
+
 func TestVersion(t *testing.T) {
 	code, out, _ := runCLI(t, "", "version")
 	if code != exitOK || !strings.HasPrefix(out, "worker ") || !strings.Contains(out, runtime.Version()) {
