@@ -22,11 +22,7 @@ func TestClientCustodyRefusesBadSubmissions(t *testing.T) {
 	ns := startNATS(t)
 	clock := newClock()
 	w := startWorker(t, ns.URL(), t.TempDir(), clock)
-	nc, _ := connect(t, ns.URL())
-	c, err := natsbus.NewClient(nc, natsbus.WithClock(clock.Now))
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, c := clockedClient(t, ns.URL(), clock)
 	ds := startDS(t, c, true)
 	dls := collectDeadLetters(t, c)
 	rejected := watchSubject(t, nc, "kpool.client.carol.rejected")
@@ -167,11 +163,7 @@ func TestClientCustodyAcceptsInteropKeyPackages(t *testing.T) {
 	clock := newClock()
 	clock.Advance(time.Unix(1678279716+24*3600, 0).Sub(clock.Now())) // one day into their lifetime
 	w := startWorker(t, ns.URL(), t.TempDir(), clock)
-	nc, _ := connect(t, ns.URL())
-	c, err := natsbus.NewClient(nc, natsbus.WithClock(clock.Now))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, c := clockedClient(t, ns.URL(), clock)
 	ds := startDS(t, c, true)
 	for _, v := range vs {
 		raw, _ := hex.DecodeString(v.KP)

@@ -83,6 +83,17 @@ func (m *mlsClient) held(t *testing.T) []string {
 
 func hexRef(b []byte) string { return hex.EncodeToString(b) }
 
+// clockedClient connects a client that stamps its events with the test's clock.
+func clockedClient(t *testing.T, url string, clock *testClock) (*nats.Conn, *natsbus.Client) {
+	t.Helper()
+	nc, _ := connect(t, url)
+	c, err := natsbus.NewClient(nc, natsbus.WithClock(clock.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, c
+}
+
 // records counts a pool's stored KeyPackages per state.
 func records(t *testing.T, w *worker.Worker, id string) map[fsm.State][]string {
 	t.Helper()
@@ -166,12 +177,7 @@ func TestClientCustodyEndToEnd(t *testing.T) {
 	w := startWorker(t, ns.URL(), dir, clock, func(c *worker.Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(&lockedWriter{w: &logs, mu: &logMu}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
-	nc, c := connect(t, ns.URL())
-	c2, err := natsbus.NewClient(nc, natsbus.WithClock(clock.Now))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c = c2
+	nc, c := clockedClient(t, ns.URL(), clock)
 	ds := startDS(t, c, true)
 	dls := collectDeadLetters(t, c)
 	deletes := watchSubject(t, nc, "kpool.client.carol.delete")

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -20,24 +19,8 @@ import (
 // KeyPackages.
 func TestClientCustodyFromTheCommandLine(t *testing.T) {
 	dir := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	stdout, stderr := newSyncBuffer(), newSyncBuffer()
-	done := make(chan int, 1)
-	go func() {
-		done <- execute(ctx, []string{"run", "--data", dir, "--listen", "127.0.0.1:0", "--tick", "0", "--metrics", "127.0.0.1:0"}, nil, stdout, stderr)
-	}()
-	urlRE := regexp.MustCompile(`NATS (nats://\S+),`)
-	var url string
-	for deadline := time.Now().Add(20 * time.Second); url == ""; {
-		if m := urlRE.FindStringSubmatch(stdout.String()); m != nil {
-			url = m[1]
-		} else if time.Now().After(deadline) {
-			t.Fatalf("worker did not start: %s", stderr.String())
-		} else {
-			time.Sleep(10 * time.Millisecond) // polling interval
-		}
-	}
+	url, stopWorker := startRun(t, dir)
+	defer stopWorker()
 
 	keyFile, pubFile := filepath.Join(dir, "carol.key"), filepath.Join(dir, "carol.pub")
 	clCtx, clStop := context.WithCancel(context.Background())
@@ -100,10 +83,6 @@ func TestClientCustodyFromTheCommandLine(t *testing.T) {
 	}
 	if c := <-clDone; c != exitOK {
 		t.Fatalf("client simulate exit %d: %s", c, clErr.String())
-	}
-	cancel()
-	if c := <-done; c != exitOK {
-		t.Fatalf("worker exit %d: %s", c, stderr.String())
 	}
 }
 

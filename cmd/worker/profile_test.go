@@ -1,18 +1,15 @@
 package main
 
 import (
-	"context"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/events/natsbus"
@@ -113,24 +110,8 @@ func mustKey(t *testing.T, suite mls.CipherSuite, pub []byte) any {
 // chain, and inspect with and without the right trust anchor.
 func TestPoolRegisterProfileFlags(t *testing.T) {
 	dir := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	stdout, stderr := newSyncBuffer(), newSyncBuffer()
-	done := make(chan int, 1)
-	go func() {
-		done <- execute(ctx, []string{"run", "--data", dir, "--listen", "127.0.0.1:0", "--tick", "0", "--metrics", ""}, nil, stdout, stderr)
-	}()
-	defer func() { cancel(); <-done }()
-	urlRE := regexp.MustCompile(`NATS (nats://\S+),`)
-	var url string
-	for deadline := time.Now().Add(20 * time.Second); url == ""; {
-		if m := urlRE.FindStringSubmatch(stdout.String()); m != nil {
-			url = m[1]
-		} else if time.Now().After(deadline) {
-			t.Fatalf("worker did not start: %s", stderr.String())
-		} else {
-			time.Sleep(10 * time.Millisecond) // polling interval
-		}
-	}
+	url, stop := startRun(t, dir)
+	defer stop()
 
 	keyFile := filepath.Join(dir, "wire.sig")
 	code, out, errs := runCLI(t, "", "pool", "register", "wire", "--nats-url", url, "--identity", "w", "--suite", "2", "--key-out", keyFile,
