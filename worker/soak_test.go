@@ -48,7 +48,7 @@ type soakFigures struct {
 }
 
 func (f soakFigures) String() string {
-	return fmt.Sprintf("%d SIGKILLs, %d NATS restarts in %v: %d stream messages, %d inputs applied, %d events published by the DS/clients/ticker (each applied once, in stream order), %d claims, %d takes answered, %d takes applied with the answer lost, %d abandoned internal inputs",
+	return fmt.Sprintf("%d SIGKILLs, %d NATS restarts in %v: %d stream messages, %d inputs applied, %d events published by the DS/clients/ticker, %d claims, %d takes answered, %d takes applied with the answer lost, %d abandoned internal inputs",
 		f.kills, f.natsRestarts, f.elapsed.Round(time.Second), f.streamMsgs, f.journaled, f.published, f.claims, f.takesAnswered, f.takesAnswerLost, f.abandoned)
 }
 
@@ -196,9 +196,18 @@ func runSoak(t *testing.T, plan soakPlan) soakFigures {
 	}
 
 	// The delivery service acks every upload with an id derived from the ref, so an
-	// upload delivered twice is acked twice with one id (and applied once).
-	stopDS, err := c.ConsumeDeliveries(ctx(t), "soak-ds", "", natsbus.DeliveryHandler{
+	// upload delivered twice is acked twice with one id (and applied once). dsMu keeps
+	// a handler from publishing once the DS is stopped (stopping a consumer does not
+	// wait for its handler).
+	var dsMu sync.Mutex
+	dsStopped := false
+	stopConsumer, err := c.ConsumeDeliveries(ctx(t), "soak-ds", "", natsbus.DeliveryHandler{
 		Upload: func(u events.Upload) error {
+			dsMu.Lock()
+			defer dsMu.Unlock()
+			if dsStopped {
+				return errors.New("the delivery service stopped")
+			}
 			pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			sent, err := c.Publish(pctx, events.Event{ID: "ack-" + u.Ref, Type: events.TypeUploadAck, Pool: u.Pool, Ref: u.Ref})
@@ -217,6 +226,12 @@ func runSoak(t *testing.T, plan soakPlan) soakFigures {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	stopDS := func() {
+		stopConsumer()
+		dsMu.Lock()
+		dsStopped = true
+		dsMu.Unlock()
 	}
 
 	var claimers, load sync.WaitGroup
