@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +21,6 @@ import (
 func TestClientCustodyFromTheCommandLine(t *testing.T) {
 	dir := t.TempDir()
 	url, stopWorker := startRun(t, dir)
-	defer stopWorker()
 
 	keyFile, pubFile := filepath.Join(dir, "carol.key"), filepath.Join(dir, "carol.pub")
 	clCtx, clStop := context.WithCancel(context.Background())
@@ -83,6 +83,17 @@ func TestClientCustodyFromTheCommandLine(t *testing.T) {
 	}
 	if c := <-clDone; c != exitOK {
 		t.Fatalf("client simulate exit %d: %s", c, clErr.String())
+	}
+	stopWorker()
+	// the offline tools show the client pool, check it and replay it exactly
+	code, out, errOut = runCLI(t, "", "db", "inspect", "--data", dir)
+	if code != exitOK || !regexp.MustCompile(`carol\s+carol@example.org\s+1\s+client\s`).MatchString(out) {
+		t.Fatalf("db inspect: %d %s %s", code, out, errOut)
+	}
+	for _, args := range [][]string{{"db", "check", "--data", dir}, {"replay", "--verify", "--data", dir}} {
+		if code, out, errOut := runCLI(t, "", args...); code != exitOK {
+			t.Fatalf("%q: %d %s %s", args, code, out, errOut)
+		}
 	}
 }
 

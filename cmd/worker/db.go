@@ -170,11 +170,11 @@ func inspectAll(s *persistence.Store, asJSON bool, w io.Writer) error {
 	fmt.Fprintf(w, "records    %d pools, %d KeyPackages, %d sealed secrets, %d expiry entries, %d dedup ids\n\n",
 		st.Pools, st.KeyPackages, st.Secrets, st.Index, st.Seen)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "POOL\tIDENTITY\tSUITE\tCREATED\tAVAILABLE\tFRESH\tCLAIMED\tEXPIRED\tDELETED\tSTATUS-SEQ")
+	fmt.Fprintln(tw, "POOL\tIDENTITY\tSUITE\tCUSTODY\tCREATED\tAVAILABLE\tFRESH\tCLAIMED\tEXPIRED\tDELETED\tDELETE-PENDING\tSTATUS-SEQ")
 	for _, p := range pools {
 		c := p.Counts
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", p.ID, p.Identity, p.CipherSuite,
-			c.Created, c.Available, p.Fresh, c.Claimed, c.Expired, c.Deleted, p.StatusSeq)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", p.ID, p.Identity, p.CipherSuite, pool.CustodyName(p),
+			c.Created, c.Available, p.Fresh, c.Claimed, c.Expired, c.Deleted, p.DeletePending, p.StatusSeq)
 	}
 	return tw.Flush()
 }
