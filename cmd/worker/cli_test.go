@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kpool/kpool/worker"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 )
@@ -170,15 +171,39 @@ func waitFor(t *testing.T, what string, s interface{ String() string }, want str
 	}
 }
 
-// TestTailBannerAndReconnect: events tail says what it follows, prints each message, and
-// says when NATS goes away and when it is back (then goes on printing).
-func TestTailBannerAndReconnect(t *testing.T) {
-	store := t.TempDir()
-	ns, err := worker.StartEmbedded(worker.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: store})
+// restartableNATS is an embedded NATS server that stops and starts again on the same
+// address and JetStream store, for the clients' reconnect lines.
+type restartableNATS struct {
+	url, store string
+	ns         *server.Server
+}
+
+func startRestartableNATS(t *testing.T) *restartableNATS {
+	r := &restartableNATS{url: "nats://127.0.0.1:0", store: t.TempDir()}
+	r.start(t)
+	r.url = r.ns.ClientURL()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *restartableNATS) start(t *testing.T) {
+	ns, err := worker.StartEmbedded(worker.EmbeddedOptions{Listen: strings.TrimPrefix(r.url, "nats://"), StoreDir: r.store})
 	if err != nil {
 		t.Fatal(err)
 	}
-	url := ns.ClientURL()
+	r.ns = ns
+}
+
+func (r *restartableNATS) stop() {
+	r.ns.Shutdown()
+	r.ns.WaitForShutdown()
+}
+
+// TestTailBannerAndReconnect: events tail says what it follows, prints each message, and
+// says when NATS goes away and when it is back (then goes on printing).
+func TestTailBannerAndReconnect(t *testing.T) {
+	ns := startRestartableNATS(t)
+	url := ns.url
 	ctx, cancel := context.WithCancel(context.Background())
 	stdout, stderr := newSyncBuffer(), newSyncBuffer()
 	done := make(chan int, 1)
@@ -197,14 +222,9 @@ func TestTailBannerAndReconnect(t *testing.T) {
 	nc.Close()
 	waitFor(t, "message", stdout, `kpool.alerts.alice {"kind":"low"}`)
 
-	ns.Shutdown()
-	ns.WaitForShutdown()
+	ns.stop()
 	waitFor(t, "disconnect line", stderr, "lost the connection to NATS")
-	ns, err = worker.StartEmbedded(worker.EmbeddedOptions{Listen: strings.TrimPrefix(url, "nats://"), StoreDir: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Shutdown()
+	ns.start(t)
 	waitFor(t, "reconnect line", stderr, "reconnected to NATS at "+url)
 	nc, err = nats.Connect(url)
 	if err != nil {
@@ -230,12 +250,8 @@ func TestTailBannerAndReconnect(t *testing.T) {
 // NATS goes away and when it is back, and go on working after it (here the NATS server
 // the worker and the clients share restarts on the same port and store).
 func TestFollowersReconnect(t *testing.T) {
-	store := t.TempDir()
-	ns, err := worker.StartEmbedded(worker.EmbeddedOptions{Listen: "127.0.0.1:0", StoreDir: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := ns.ClientURL()
+	ns := startRestartableNATS(t)
+	url := ns.url
 	w, err := worker.Start(context.Background(), worker.Config{DataDir: t.TempDir(), NATSURL: url, NoSync: true})
 	if err != nil {
 		t.Fatal(err)
@@ -255,15 +271,10 @@ func TestFollowersReconnect(t *testing.T) {
 	waitFor(t, "watch", watchOut, `"pool":"alice"`)
 	waitFor(t, "ds simulate", dsOut, "stored and acked alice")
 
-	ns.Shutdown()
-	ns.WaitForShutdown()
+	ns.stop()
 	waitFor(t, "watch disconnect line", watchErr, "lost the connection to NATS")
 	waitFor(t, "ds disconnect line", dsErr, "lost the connection to NATS")
-	ns, err = worker.StartEmbedded(worker.EmbeddedOptions{Listen: strings.TrimPrefix(url, "nats://"), StoreDir: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Shutdown()
+	ns.start(t)
 	waitFor(t, "watch reconnect line", watchErr, "reconnected to NATS at "+url)
 	waitFor(t, "ds reconnect line", dsErr, "reconnected to NATS at "+url)
 
