@@ -80,6 +80,6 @@ func dsSimulateCmd() *cobra.Command {
 	fs := cmd.Flags()
 	fs.StringVar(&pool, "pool", "", "only this pool (default: every pool)")
 	fs.IntVar(&claim, "claim", 0, "claim this many regular KeyPackages after acknowledging them")
-	fs.StringVar(&durable, "durable", "kpool-sim-ds", "JetStream consumer name (keeps its place across restarts)")
+	fs.StringVar(&durable, "durable", "kpool-sim-ds", "JetStream consumer name prefix: <durable>-upload and <durable>-withdraw keep their place across restarts")
 	return cmd
 }
