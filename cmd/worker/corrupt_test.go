@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kpool/kpool/persistence"
 )
 
 // TestRunRefusesLostDatabase: `run` on an emptied or removed database beside its key file
@@ -66,4 +68,55 @@ func TestDBCheckReplaysJournal(t *testing.T) {
 	if code != exitFailure || !strings.Contains(out, "journal replay differs: pools.p1") {
 		t.Fatalf("replay with other defaults: exit %d\n%s", code, out)
 	}
+}
+
+// TestDBCheckSeesValueFlips: single-bit flips keep a record valid JSON (a digit, a letter),
+// so only the journal replay can tell them; db check runs it. Every flip through the pages
+// in use gives exit 1 (problems) or 3 (corrupt), or leaves what the tools read unchanged
+// (a flip in a free page or in bytes no reader uses).
+func TestDBCheckSeesValueFlips(t *testing.T) {
+	dir := dbFixture(t, false)
+	st, err := persistence.Open(filepath.Join(dir, "kpool.db"), persistence.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stats, err := st.Stats()
+	st.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig, err := os.ReadFile(filepath.Join(dir, "kpool.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig = orig[:stats.FileSize] // the pages in use; bbolt grows the file ahead
+	key, _ := os.ReadFile(filepath.Join(dir, "kpool.key"))
+	contents := func(d string) string {
+		_, inspect, _ := runCLI(t, "", "db", "inspect", "--data", d, "--pool", "p1", "--json")
+		_, export, _ := runCLI(t, "", "log", "export", "--data", d)
+		return inspect + export
+	}
+	want := contents(dir)
+	counts := map[int]int{}
+	for off := 5; off < len(orig); off += 101 {
+		d := t.TempDir()
+		b := append([]byte(nil), orig...)
+		b[off] ^= 0x01
+		if err := os.WriteFile(filepath.Join(d, "kpool.db"), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(d, "kpool.key"), key, 0o600)
+		code, out, errOut := runCLI(t, "", "db", "check", "--data", d)
+		counts[code]++
+		switch code {
+		case exitFailure, exitCorrupt:
+		case exitOK:
+			if got := contents(d); got != want {
+				t.Errorf("byte %d ^ 0x01: db check says ok, but the contents differ\n%s", off, out)
+			}
+		default:
+			t.Errorf("byte %d ^ 0x01: exit %d\n%s%s", off, code, out, errOut)
+		}
+	}
+	t.Logf("%d flips: %d ok and unchanged, %d problems, %d corrupt", len(orig)/101, counts[exitOK], counts[exitFailure], counts[exitCorrupt])
 }
