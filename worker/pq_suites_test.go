@@ -209,3 +209,73 @@ func waitState(ctx context.Context, t *testing.T, c *natsbus.Client, pool, ref s
 	}
 	t.Fatalf("KeyPackage %s: state %q, want %q (%v)", ref, last, want, ctx.Err())
 }
+
+// TestPQClientCustody: a client-custody pool on every PQ suite takes the KeyPackages its
+// MLS client generates and submits (natsbus.RunClient over a MemKeyStore), validates them
+// and uploads them: the pool fills, and what the delivery service gets is the client's.
+func TestPQClientCustody(t *testing.T) {
+	for _, s := range mls.PQSuites {
+		t.Run(s.String(), func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			env := kpooltest.Start(t, kpooltest.Options{Deterministic: true})
+			c := env.Client
+			var mu sync.Mutex
+			uploaded := map[string][]byte{}
+			sub, err := env.Conn.Subscribe(env.Worker.Subjects().Outbound(events.KindUpload, "*"), func(m *nats.Msg) {
+				var u events.Upload
+				if json.Unmarshal(m.Data, &u) == nil {
+					mu.Lock()
+					uploaded[u.Ref] = u.KeyPackage
+					mu.Unlock()
+					_ = c.UploadAck(ctx, u.Pool, u.Ref)
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Unsubscribe()
+
+			priv, pub, err := mls.NewSignatureKey(s, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			signer, err := mls.SignerFromPrivate(s, priv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys := natsbus.NewMemKeyStore(uint16(s), signer, "pq-client")
+			keys.Now = env.Clock.Now
+			if _, err := c.RegisterSealed(ctx, "pqc", natsbus.RegisterRequest{Identity: "pq-client", CipherSuite: uint16(s),
+				Policy: events.Policy{Target: new(2), LowWatermark: new(1), HardCap: new(6)}, Custody: events.CustodyClient, SignatureKey: pub}); err != nil {
+				t.Fatal(err)
+			}
+			stop, err := c.RunClient(ctx, "pqc", keys, natsbus.ClientOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stop()
+			if _, err := env.WaitStatus(ctx, "pqc", func(st events.Status) bool {
+				return st.AvailableFresh == 2 && st.LastResortRef != "" && st.Counts.Created == 0
+			}); err != nil {
+				t.Fatalf("client pool fill: %v", err)
+			}
+			held, err := keys.Refs(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(uploaded) != 3 || len(held) != 3 {
+				t.Fatalf("%d uploads, the client holds %d; want 2 + the last resort", len(uploaded), len(held))
+			}
+			for _, ref := range held {
+				kp, err := mls.DecodeMLSMessage(uploaded[ref])
+				if err != nil || kp.CipherSuite != s || !bytes.Equal(kp.LeafNode.SignatureKey, pub) {
+					t.Fatalf("upload of the client's %s: %v", ref, err)
+				}
+			}
+		})
+	}
+}
