@@ -127,6 +127,8 @@ func TestClientPoolDeleteInstructionsAndConfirmation(t *testing.T) {
 	}
 	// unconfirmed: re-sent on a backoff, alerted after a day, never more often
 	sends, alerts := 1, 0
+	deletedAt := h.clock
+	var alertAt time.Time
 	for range 36 * 60 / 5 { // 36h in 5-minute ticks
 		h.clock = h.clock.Add(5 * time.Minute)
 		r := mustStep(t, h, h.event(events.TypeExpiryTick, ""))
@@ -134,8 +136,12 @@ func TestClientPoolDeleteInstructionsAndConfirmation(t *testing.T) {
 		for _, a := range outbound[events.Alert](t, r, events.KindAlert) {
 			if a.Kind == events.AlertDeleteUnconfirmed {
 				alerts++
+				alertAt = a.Time
 			}
 		}
+	}
+	if want := deletedAt.Add(24 * time.Hour); !alertAt.Equal(want) { // delete_alert_after's default, on a tick boundary
+		t.Fatalf("delete_unconfirmed alert at %s, want %s", alertAt, want)
 	}
 	// backoff 5m, 10m, 20m, …, capped at 24h: 5+10+20+…+640m ≈ 21h, then 24h: 10 sends in 36h
 	if sends < 5 || sends > 12 || alerts != 1 {
@@ -240,4 +246,35 @@ func records(m *MemStore) string {
 		K map[string]KeyPackage
 	}{m.pools, m.kps})
 	return string(b)
+}
+
+func TestDeleteAlertAfterIsConfigurable(t *testing.T) {
+	h := newHarness(t)
+	pol := clientPolicy()
+	pol.DeleteAlertAfter = new(events.Duration(2 * time.Hour))
+	in := registerEvent(h, "c1", pol)
+	in.Register.Custody = events.CustodyClient
+	mustStep(t, h, in)
+	sub := h.submitted("c1")
+	mustStep(t, h, sub)
+	rej := h.event(events.TypeUploadRejected, "c1")
+	rej.Ref, rej.Reason = sub.Generated.Ref, "policy"
+	r := mustStep(t, h, rej)
+	if d := outbound[events.ClientDelete](t, r, events.KindClientDelete); len(d) != 1 {
+		t.Fatalf("no delete instruction after upload_rejected: %+v", d)
+	}
+	deletedAt := h.clock
+	for range 3 * 60 / 5 {
+		h.clock = h.clock.Add(5 * time.Minute)
+		r := mustStep(t, h, h.event(events.TypeExpiryTick, ""))
+		for _, a := range outbound[events.Alert](t, r, events.KindAlert) {
+			if a.Kind == events.AlertDeleteUnconfirmed {
+				if want := deletedAt.Add(2 * time.Hour); !a.Time.Equal(want) {
+					t.Fatalf("alert at %s, want %s", a.Time, want)
+				}
+				return
+			}
+		}
+	}
+	t.Fatal("no delete_unconfirmed alert within 3h for delete_alert_after 2h")
 }

@@ -128,6 +128,9 @@ func InForce(p Pool) events.Policy {
 	pol.LastResort = new(lastResortOn(&p))
 	pol.Capabilities = p.Policy.Capabilities
 	pol.X509Chain, pol.X509TrustAnchors = p.Policy.X509Chain, p.Policy.X509TrustAnchors
+	if isClient(&p) {
+		pol.DeleteAlertAfter = new(events.Duration(deleteAlertAfter(p.Config)))
+	}
 	return pol
 }
 

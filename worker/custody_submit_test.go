@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -191,5 +192,37 @@ func TestClientCustodyAcceptsInteropKeyPackages(t *testing.T) {
 		if p := poolRecord(t, w, id); p.Requested != 0 || p.Counts.Available != 1 {
 			t.Fatalf("vector %d: pool %+v", v.Index, p.Counts)
 		}
+	}
+}
+
+// TestClientCustodyEverySuite fills a client-custody pool in every cipher suite kpool
+// supports (post-quantum ones included) with a simulated client's KeyPackages, side by
+// side in one worker.
+func TestClientCustodyEverySuite(t *testing.T) {
+	ns := startNATS(t)
+	clock := newClock()
+	startWorker(t, ns.URL(), t.TempDir(), clock)
+	_, c := clockedClient(t, ns.URL(), clock)
+	startDS(t, c, true)
+	for _, suite := range mls.AllSuites {
+		id := fmt.Sprintf("s%d", suite)
+		cl := newMLSClient(t, uint16(suite), id, clock)
+		if _, err := c.RegisterSealed(ctx(t), id, natsbus.RegisterRequest{Identity: id, CipherSuite: uint16(suite),
+			Policy:  events.Policy{Target: new(2), LowWatermark: new(1), HardCap: new(4)},
+			Custody: events.CustodyClient, SignatureKey: cl.signer.Public()}); err != nil {
+			t.Fatalf("suite %d: register: %v", suite, err)
+		}
+		stop, err := c.RunClient(context.Background(), id, cl, natsbus.ClientOptions{OnError: func(err error) { t.Errorf("suite %d: %v", suite, err) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stop()
+	}
+	for _, suite := range mls.AllSuites {
+		id := fmt.Sprintf("s%d", suite)
+		eventually(t, 60*time.Second, "pool "+id+" full", func() bool {
+			st, err := c.Status(ctx(t), id)
+			return err == nil && st.AvailableFresh == 2 && st.LastResortRef != "" && st.CipherSuite == uint16(suite)
+		})
 	}
 }

@@ -190,7 +190,8 @@ func TestClientCustodyEndToEnd(t *testing.T) {
 	cl := newMLSClient(t, 1, "carol@example.org", clock)
 	info, err := c.RegisterSealed(ctx(t), "carol", natsbus.RegisterRequest{Identity: "carol@example.org", CipherSuite: 1,
 		Custody: events.CustodyClient, SignatureKey: cl.signer.Public()})
-	if err != nil || info.Custody != events.CustodyClient || !info.Created || info.SealedSignatureKey != nil {
+	if err != nil || info.Custody != events.CustodyClient || !info.Created || info.SealedSignatureKey != nil ||
+		info.Policy.DeleteAlertAfter == nil || time.Duration(*info.Policy.DeleteAlertAfter) != 24*time.Hour {
 		t.Fatalf("register client pool: %+v, %v", info, err)
 	}
 	stop, err := c.RunClient(context.Background(), "carol", cl, natsbus.ClientOptions{OnError: func(err error) { t.Logf("client: %v", err) }})
