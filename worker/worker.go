@@ -102,6 +102,10 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	}
 	w.metrics = newMetrics(w.Ready)
 	w.ctx, w.stop = context.WithCancel(context.Background())
+	// Until Start returns, ctx ending (a signal during start-up) stops the worker too, so
+	// waits that use w.ctx, such as the NATS retry in dial, end at once.
+	stopStarting := context.AfterFunc(ctx, w.stop)
+	defer stopStarting()
 	defer func() {
 		if err != nil {
 			w.shutdown()

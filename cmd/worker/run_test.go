@@ -310,3 +310,25 @@ func TestRunInterruptedDuringStartup(t *testing.T) {
 		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, out.String(), errb.String())
 	}
 }
+
+// TestRunInterruptedWhileNATSUnreachable: a signal while start-up waits for --nats-url
+// ends the wait at once (it used to go on for all of --start-timeout).
+func TestRunInterruptedWhileNATSUnreachable(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stdout, stderr := newSyncBuffer(), newSyncBuffer()
+	done := make(chan int, 1)
+	go func() {
+		done <- execute(ctx, []string{"run", "--data", t.TempDir(), "--nats-url", "nats://127.0.0.1:1", "--start-timeout", "1h"}, nil, stdout, stderr)
+	}()
+	waitFor(t, "retry line", stderr, "NATS not reachable yet; retrying")
+	cancel()
+	select {
+	case code := <-done:
+		if code != exitOK || !strings.Contains(stderr.String(), "stopping: interrupted during start-up") {
+			t.Fatalf("exit %d:\n%s", code, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("start-up still waiting for NATS 30s after the interrupt (--start-timeout 1h):\n%s", stderr.String())
+	}
+}
