@@ -69,6 +69,9 @@ func randomRun(t *testing.T, seed uint64, steps int) ([]events.Event, []string) 
 			MaxUploadAttempts: new(1 + rng.IntN(3)), TombstoneRetention: new(events.Duration(time.Duration(1+rng.IntN(5)) * 24 * time.Hour)),
 			MaxLifetime: new(events.Duration(50 * 24 * time.Hour)),
 		}}
+		if pool == "p2" { // client custody: asks, submissions, deletions, inventories
+			in.Register.Custody = events.CustodyClient
+		}
 		step(in)
 	}
 	// pick returns a random KeyPackage of pool in one of states (nil if none).
@@ -106,7 +109,13 @@ func randomRun(t *testing.T, seed uint64, steps int) ([]events.Event, []string) 
 		switch n := rng.IntN(100); {
 		case n < 22: // the edge answers a generate request
 			if p.LastResortRequested || p.Requested > 0 || rng.IntN(10) == 0 {
-				step(h.generated(pool, p.LastResortRequested && rng.IntN(2) == 0, 0))
+				in := h.generated(pool, p.LastResortRequested && rng.IntN(2) == 0, 0)
+				if p.Custody == events.CustodyClient { // the client answers, validated by the edge
+					g := in.Generated
+					in = h.event(events.TypeSubmitted, pool)
+					in.Generated = g
+				}
+				step(in)
 			}
 		case n < 42:
 			refEvent(events.TypeUploadAck, fsm.Created)
@@ -138,6 +147,22 @@ func randomRun(t *testing.T, seed uint64, steps int) ([]events.Event, []string) 
 			step(in)
 		case n < 93:
 			register(pool)
+		case n < 96: // the client confirms deletions (some of live ones: lost) or reports its inventory
+			typ := events.TypeDeleted
+			if rng.IntN(2) == 0 {
+				typ = events.TypeInventory
+			}
+			in := h.event(typ, pool)
+			in.Refs = []string{}
+			for _, k := range h.store.KeyPackages(pool) {
+				if rng.IntN(3) > 0 && (typ == events.TypeInventory) == k.State.Live() {
+					in.Refs = append(in.Refs, k.Ref)
+				}
+			}
+			if rng.IntN(4) == 0 {
+				in.Refs = append(in.Refs, refOf(fmt.Sprint("stray", len(inputs))))
+			}
+			step(in)
 		default: // a tick stamped in the past
 			in := h.event(events.TypeExpiryTick, pool)
 			in.Time = h.clock.Add(-time.Hour)
