@@ -63,6 +63,7 @@ type Worker struct {
 	closing sync.Once
 	closed  chan struct{}
 	err     error
+	started bool // Start returned it: only then does shutdown say "worker stopped"
 }
 
 // Start opens the store, connects to (or starts) NATS, ensures the streams and the
@@ -161,6 +162,7 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		return nil, fmt.Errorf("worker: NATS flush: %w", err)
 	}
 	w.logPools()
+	w.started = true
 	return w, nil
 }
 
@@ -327,7 +329,9 @@ func (w *Worker) shutdown() {
 		}
 		w.err = errors.Join(errs...)
 		close(w.closed)
-		w.log.Info("worker stopped")
+		if w.started {
+			w.log.Info("worker stopped")
+		}
 	})
 }
 

@@ -243,7 +243,8 @@ func (o *runOptions) run(ctx context.Context, stop func(), stdout, stderr io.Wri
 		if s.err == nil {
 			return s.w.Close()
 		}
-		return nil // start-up gave up because it was interrupted, as asked
+		cfg.Logger.Info("start-up abandoned", "err", s.err)
+		return nil // interrupted, as asked
 	}
 	if s.err != nil {
 		return s.err

@@ -243,6 +243,9 @@ func TestRunFlagErrors(t *testing.T) {
 		if code == 0 || !strings.Contains(errb.String(), tc.want) {
 			t.Errorf("%v %v: exit %d, stderr %q, want it to mention %q", tc.args, tc.env, code, errb.String(), tc.want)
 		}
+		if strings.Contains(errb.String(), "worker stopped") {
+			t.Errorf("%v %v: a run that never started logs a stop:\n%s", tc.args, tc.env, errb.String())
+		}
 		for k := range tc.env {
 			os.Unsetenv(k)
 		}
