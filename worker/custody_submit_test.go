@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -137,6 +138,22 @@ func TestClientCustodyRefusesBadSubmissions(t *testing.T) {
 			})
 		})
 	}
+	// a payload that does not decode (key_package not base64) is told to the client too
+	raw := []byte(`{"id":"undecodable-1","type":"submitted","time":"` + now.Format(time.RFC3339) + `","pool":"carol","key_package":"not base64!"}`)
+	if err := nc.Publish("kpool.events.carol.submitted", raw); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "rejected message for an undecodable submission", func() bool {
+		for _, r := range decodeAll[events.ClientRejected](t, rejected) {
+			if r.EventID == "undecodable-1" {
+				if r.Code != "malformed" || r.Pool != "carol" || !strings.Contains(r.Reason, "base64") {
+					t.Fatalf("rejected %+v, want malformed (base64)", r)
+				}
+				return true
+			}
+		}
+		return false
+	})
 	after := poolRecord(t, w, "carol")
 	if after.Counts != before.Counts || after.StatusSeq != before.StatusSeq || ds.count() != uploads {
 		t.Fatalf("bad submissions changed the pool: counts %+v → %+v, uploads %d → %d", before.Counts, after.Counts, uploads, ds.count())

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -367,6 +368,10 @@ func (w *Worker) applyOne(b *persistence.Batch, in inbound) (outcome, error) {
 	o.ev = ev
 	if err != nil {
 		o.refused = err
+		// A client's submission that does not even decode is still told to the client.
+		if pool, t, perr := w.subj.ParseEvent(in.subject); perr == nil && t == events.TypeSubmitted && !internal {
+			return o, w.tellClient(b, events.Event{ID: bestEffortID(in.data), Type: t, Pool: pool}, in.seq, err)
+		}
 		return o, nil
 	}
 	input := persistence.Input{Event: ev}
@@ -430,7 +435,7 @@ func (w *Worker) afterCommit(outs []outcome) {
 		switch {
 		case o.refused != nil:
 			w.deadLetter(o.in, o.ev.ID, o.refused)
-			kick = kick || o.ev.Type == events.TypeSubmitted // its client.rejected message
+			kick = kick || o.ev.Type == events.TypeSubmitted || strings.HasSuffix(o.in.subject, "."+string(events.TypeSubmitted)) // its client.rejected message
 		case o.res.Err != nil:
 			w.deadLetter(o.in, o.ev.ID, o.res.Err)
 			kick = true
