@@ -2,7 +2,6 @@ package worker_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
@@ -11,7 +10,6 @@ import (
 	"github.com/kpool/kpool/events/natsbus"
 	"github.com/kpool/kpool/kpooltest"
 	"github.com/kpool/kpool/mls"
-	"github.com/nats-io/nats.go"
 )
 
 // BenchmarkRefillVsSuite1 measures the refill rate of a pool on each post-quantum suite —
@@ -26,16 +24,7 @@ func BenchmarkRefillVsSuite1(b *testing.B) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 			defer cancel()
 			env := kpooltest.Start(b, kpooltest.Options{})
-			sub, err := env.Conn.Subscribe(env.Worker.Subjects().Outbound(events.KindUpload, "*"), func(m *nats.Msg) {
-				var u events.Upload
-				if json.Unmarshal(m.Data, &u) == nil {
-					_ = env.Client.UploadAck(ctx, u.Pool, u.Ref)
-				}
-			})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer sub.Unsubscribe()
+			ackUploads(ctx, b, env, nil)
 			n := 0
 			fill := func(suite mls.CipherSuite) time.Duration {
 				id := fmt.Sprintf("p%d-%d", suite, n)

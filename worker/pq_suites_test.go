@@ -47,20 +47,11 @@ func runPQPool(t *testing.T, suite mls.CipherSuite) {
 	// The delivery service acknowledges every upload and remembers what it got.
 	var mu sync.Mutex
 	var uploads []events.Upload
-	sub, err := env.Conn.Subscribe(env.Worker.Subjects().Outbound(events.KindUpload, "*"), func(m *nats.Msg) {
-		var u events.Upload
-		if json.Unmarshal(m.Data, &u) != nil {
-			return
-		}
+	ackUploads(ctx, t, env, func(u events.Upload) {
 		mu.Lock()
 		uploads = append(uploads, u)
 		mu.Unlock()
-		_ = c.UploadAck(ctx, u.Pool, u.Ref)
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
 	regular := func() []string {
 		mu.Lock()
 		defer mu.Unlock()
@@ -195,6 +186,25 @@ func runPQPool(t *testing.T, suite mls.CipherSuite) {
 	}
 }
 
+// ackUploads plays the delivery service: it hands every upload request to seen (nil: no
+// one) and acknowledges it, until the test ends.
+func ackUploads(ctx context.Context, tb testing.TB, env *kpooltest.Env, seen func(events.Upload)) {
+	sub, err := env.Conn.Subscribe(env.Worker.Subjects().Outbound(events.KindUpload, "*"), func(m *nats.Msg) {
+		var u events.Upload
+		if json.Unmarshal(m.Data, &u) != nil {
+			return
+		}
+		if seen != nil {
+			seen(u)
+		}
+		_ = env.Client.UploadAck(ctx, u.Pool, u.Ref)
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = sub.Unsubscribe() })
+}
+
 // waitState polls a KeyPackage's state until it is want or ctx ends.
 func waitState(ctx context.Context, t *testing.T, c *natsbus.Client, pool, ref string, want fsm.State) {
 	t.Helper()
@@ -223,19 +233,11 @@ func TestPQClientCustody(t *testing.T) {
 			c := env.Client
 			var mu sync.Mutex
 			uploaded := map[string][]byte{}
-			sub, err := env.Conn.Subscribe(env.Worker.Subjects().Outbound(events.KindUpload, "*"), func(m *nats.Msg) {
-				var u events.Upload
-				if json.Unmarshal(m.Data, &u) == nil {
-					mu.Lock()
-					uploaded[u.Ref] = u.KeyPackage
-					mu.Unlock()
-					_ = c.UploadAck(ctx, u.Pool, u.Ref)
-				}
+			ackUploads(ctx, t, env, func(u events.Upload) {
+				mu.Lock()
+				uploaded[u.Ref] = u.KeyPackage
+				mu.Unlock()
 			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sub.Unsubscribe()
 
 			priv, pub, err := mls.NewSignatureKey(s, nil)
 			if err != nil {
