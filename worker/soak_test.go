@@ -486,6 +486,39 @@ func (r *soakRun) audit(st *persistence.Store, js jetstream.JetStream, f *soakFi
 		t.Errorf("%d claims, %d takes finished", f.claims, len(r.l.takes))
 	}
 
+	// Nothing the worker owed NATS was lost: its outbox is empty after the graceful stop,
+	// and every KeyPackage it generated was offered to the delivery service.
+	left := 0
+	if err := st.Outbox(func(events.Outbound) error { left++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if left > 0 {
+		t.Errorf("%d outbox messages left unpublished after a graceful stop", left)
+	}
+	uploaded := map[string]bool{}
+	for _, m := range readStream(t, js, natsbus.StreamNames("kpool").Outbound, events.Subjects{Prefix: "kpool"}.Outbound(events.KindUpload, "*")) {
+		var u events.Upload
+		if err := json.Unmarshal(m.data, &u); err != nil {
+			t.Fatalf("upload %d: %v", m.seq, err)
+		}
+		uploaded[u.Ref] = true
+	}
+	generated := 0
+	if err := st.Journal(0, 0, func(_ uint64, ev events.Event) error {
+		if ev.Type == events.TypeGenerated && ev.Generated != nil {
+			generated++
+			if !uploaded[ev.Generated.Ref] {
+				t.Errorf("KeyPackage %s of pool %s generated, never uploaded", ev.Generated.Ref, ev.Pool)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if generated == 0 {
+		t.Fatal("no KeyPackage generated: the run never reached its subject")
+	}
+
 	// The only refusals are internal inputs whose caller died with a killed worker.
 	for _, dl := range deadLettersIn(t, js) {
 		if dl.Code != worker.CodeAbandoned {
