@@ -5,7 +5,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
-	"slices"
 	"testing"
 	"time"
 
@@ -70,22 +69,9 @@ func validateOps(b *testing.B, suite CipherSuite) (mlsOp, bareOp func()) {
 
 type benchOps func(b *testing.B, suite CipherSuite) (mlsOp, bareOp func())
 
-// bareSuites are the suites with a bare baseline: those of RFC 9420. The post-quantum
-// suites (PQSuites) have none yet (bareHPKEKey and bareVerify know only the classical
-// primitives), so they are left out rather than measured against nothing.
-func bareSuites() []CipherSuite {
-	var out []CipherSuite
-	for _, s := range AllSuites {
-		if !slices.Contains(PQSuites, s) {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
 // perOp runs each side as its own sub-benchmark (suite=N/mls, suite=N/bare), with allocations.
 func perOp(b *testing.B, ops benchOps) {
-	for _, suite := range bareSuites() {
+	for _, suite := range AllSuites {
 		for i, side := range []string{"mls", "bare"} {
 			b.Run(fmt.Sprintf("suite=%d/%s", suite, side), func(b *testing.B) {
 				mlsOp, bareOp := ops(b, suite)
@@ -164,7 +150,7 @@ func bareVerify(p *suiteParams, pub, init, enc, m1, m2, s1, s2 []byte) bool {
 // They report mls-ns/op, bare-ns/op and ratio = bare ÷ mls (1.0 = no overhead).
 
 func vsBare(b *testing.B, ops benchOps) {
-	for _, suite := range bareSuites() {
+	for _, suite := range AllSuites {
 		b.Run(fmt.Sprintf("suite=%d", suite), func(b *testing.B) {
 			mlsOp, bareOp := ops(b, suite)
 			interleave(b, mlsOp, bareOp)
