@@ -34,7 +34,7 @@ type generator struct {
 
 // poolsInParallel is how many pools are filled at once: enough inputs in flight that
 // the writer's groups stay large during a mass refill.
-const poolsInParallel = 8
+const poolsInParallel = 16
 
 func newGenerator(w *Worker) *generator {
 	return &generator{w: w, kick: make(chan struct{}, 1), active: map[string]bool{}, failures: map[string]int{}, signers: map[string]mls.Signer{}}
@@ -220,7 +220,7 @@ func (e *permanentError) Error() string { return e.err.Error() }
 func (e *permanentError) Unwrap() error { return e.err }
 
 // genWindowPerWorker bounds the KeyPackages one generator worker has in flight.
-const genWindowPerWorker = 8
+const genWindowPerWorker = 32
 
 // mintMany mints n KeyPackages on GenerateWorkers goroutines, each committed as its own
 // `generated` input; it returns the first error (a permanent one first).

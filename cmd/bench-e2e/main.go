@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -40,13 +41,27 @@ type params struct {
 
 func main() {
 	quick := flag.Bool("quick", false, "small sizes, one round (under two minutes)")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to `FILE`")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench-e2e:", err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-e2e:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	p := params{rounds: 3, pools: 160, target: 60, claims: 8000, refillPools: 200, refillTarget: 100}
 	if *quick {
 		p = params{rounds: 1, pools: 40, target: 40, claims: 1500, refillPools: 50, refillTarget: 40}
 	}
 	if err := run(p); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-e2e:", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
