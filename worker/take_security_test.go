@@ -176,3 +176,34 @@ func TestEventIDsArePerPool(t *testing.T) {
 		t.Fatalf("reused id changed %s to %s", a[1], k.State)
 	}
 }
+
+// TestRegisterWithAnAppliedID: a registration id applied in another pool does not
+// matter (ids are per pool); reused in its own pool for another request it is refused
+// with id_reused, never answered "internal".
+func TestRegisterWithAnAppliedID(t *testing.T) {
+	ns := startNATS(t)
+	w := startWorker(t, ns.URL(), t.TempDir(), newClock())
+	_, c := connect(t, ns.URL())
+	reg := func(pool string, target int) error {
+		_, err := c.RegisterSealed(ctx(t), pool, natsbus.RegisterRequest{ID: "reg-x", Identity: pool, CipherSuite: 1, Policy: events.Policy{Target: new(target), LowWatermark: new(1), HardCap: new(8)}})
+		return err
+	}
+	if err := reg("alice", 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg("bob", 3); err != nil {
+		t.Fatalf("bob's registration with alice's id: %v", err)
+	}
+	if _, ok, _ := w.Store().Pool("bob"); !ok {
+		t.Fatal("bob not created")
+	}
+	if err := reg("alice", 3); err != nil {
+		t.Fatalf("the same registration again (a retry): %v", err)
+	}
+	if code := apiCode(t, reg("alice", 4)); code != pool.CodeIDReused {
+		t.Fatalf("another registration with the same id: %s, want id_reused", code)
+	}
+	if got := poolRecord(t, w, "alice").Config.Target; got != 3 {
+		t.Fatalf("refused registration changed the target to %d", got)
+	}
+}
