@@ -317,8 +317,7 @@ func (w *Worker) tryApply(group []inbound) (n int, err error) {
 		return 0, err
 	}
 	outs := make([]outcome, 0, len(group))
-	release := func() {
-		b.Rollback()
+	unwind := func() { // nothing of the group was committed
 		for _, o := range outs {
 			clear(o.res.Revealed)
 			if o.call != nil {
@@ -326,6 +325,7 @@ func (w *Worker) tryApply(group []inbound) (n int, err error) {
 			}
 		}
 	}
+	release := func() { b.Rollback(); unwind() }
 	for i, in := range group {
 		o, err := w.applyOne(b, in)
 		if err != nil {
@@ -348,12 +348,7 @@ func (w *Worker) tryApply(group []inbound) (n int, err error) {
 		return 0, err
 	}
 	if err := b.Commit(); err != nil {
-		for _, o := range outs {
-			clear(o.res.Revealed)
-			if o.call != nil {
-				w.pending.unclaim(o.in.token)
-			}
-		}
+		unwind()
 		w.returnAcks(acks)
 		return 0, err
 	}
