@@ -95,24 +95,26 @@ func (p *pendingCalls) unclaim(token string) {
 	}
 }
 
-// abandon drops a call whose caller stops waiting, unless the writer already holds it.
+// abandon drops a call whose caller stops waiting, unless the writer holds it or has
+// finished it (its answer is then waiting in done).
 func (p *pendingCalls) abandon(token string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if c := p.m[token]; c != nil && c.claimed {
+	c := p.m[token]
+	if c == nil || c.claimed {
 		return false
 	}
 	delete(p.m, token)
 	return true
 }
 
+// finish answers a call; the answer is in done before the call leaves the map.
 func (p *pendingCalls) finish(token string, a applied) {
 	p.mu.Lock()
-	c := p.m[token]
-	delete(p.m, token)
-	p.mu.Unlock()
-	if c != nil {
-		c.done <- a
+	defer p.mu.Unlock()
+	if c := p.m[token]; c != nil {
+		c.done <- a // buffered: never blocks
+		delete(p.m, token)
 	}
 }
 
@@ -127,19 +129,31 @@ func (w *Worker) submit(in persistence.Input) (persistence.Result, error) {
 	token := newToken()
 	call := &pendingCall{secrets: in.Secrets, reveal: in.Reveal, done: make(chan applied, 1)}
 	w.pending.add(token, call)
+	why := "not applied within " + callTimeout.String()
 	if err := w.publishInput(ctx, in.Event, token); err != nil {
-		w.pending.abandon(token)
-		return persistence.Result{}, fmt.Errorf("publish input: %w", err)
-	}
-	select {
-	case a := <-call.done:
-		return a.res, a.err
-	case <-ctx.Done():
-		if w.pending.abandon(token) {
-			return persistence.Result{}, fmt.Errorf("not applied within %v; abandoned, nothing changed: %w", callTimeout, ctx.Err())
+		// The stream may still have stored it: the writer may be applying it now.
+		why = "publish input: " + err.Error()
+	} else {
+		select {
+		case a := <-call.done:
+			return a.res, a.err
+		case <-ctx.Done():
 		}
-		a := <-call.done // the writer holds it: its commit is under way
-		return a.res, a.err
+	}
+	// Too late: abandon the call unless the writer holds it in a transaction, whose commit
+	// is under way; if that transaction is rolled back (an internal failure), the call is
+	// released again and abandoned here, so it is never applied without its caller.
+	retry := time.NewTicker(50 * time.Millisecond)
+	defer retry.Stop()
+	for {
+		if w.pending.abandon(token) {
+			return persistence.Result{}, fmt.Errorf("%s; abandoned, nothing changed", why)
+		}
+		select {
+		case a := <-call.done:
+			return a.res, a.err
+		case <-retry.C:
+		}
 	}
 }
 
