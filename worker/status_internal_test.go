@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// TestRecordStatusMatchesPublished: the fallback status built from a pool record
+// TestRecordStatusMatchesPublished: the status the API builds from a pool record
 // (pool.StatusOf) equals the one the core published, field for field.
 func TestRecordStatusMatchesPublished(t *testing.T) {
 	w, err := Start(context.Background(), Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", NoSync: true})
