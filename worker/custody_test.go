@@ -19,9 +19,7 @@ import (
 	"github.com/kpool/kpool/events/natsbus"
 	"github.com/kpool/kpool/fsm"
 	"github.com/kpool/kpool/mls"
-	"github.com/kpool/kpool/persistence"
 	"github.com/kpool/kpool/pool"
-	"github.com/kpool/kpool/replay"
 	"github.com/kpool/kpool/worker"
 	"github.com/nats-io/nats.go"
 )
@@ -403,21 +401,8 @@ func TestClientCustodyEndToEnd(t *testing.T) {
 	}
 
 	// replay of the journal is exact, and db check holds for both custody kinds
-	st, err := persistence.Open(filepath.Join(dir, "kpool.db"), persistence.Options{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	var problems []string
-	if err := st.Check(func(p string) { problems = append(problems, p) }); err != nil || len(problems) > 0 {
-		t.Fatalf("db check: %v %v", err, problems)
-	}
-	diff, sum, err := replay.Verify(context.Background(), st, &pool.Core{Defaults: *testDefaults()})
-	if err != nil || len(diff) > 0 {
-		t.Fatalf("replay differs: %v %v", err, diff)
-	}
-	if sum.Applied < 100 {
-		t.Fatalf("replay applied only %d inputs", sum.Applied)
+	if n := verifyDir(t, dir); n < 100 {
+		t.Fatalf("replay applied only %d inputs", n)
 	}
 }
 

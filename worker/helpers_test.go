@@ -7,15 +7,19 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/events/natsbus"
+	"github.com/kpool/kpool/persistence"
 	"github.com/kpool/kpool/pool"
+	"github.com/kpool/kpool/replay"
 	"github.com/kpool/kpool/worker"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -280,4 +284,36 @@ func connectB(b *testing.B, s *natsServer) (*nats.Conn, *natsbus.Client) {
 		b.Fatal(err)
 	}
 	return nc, c
+}
+
+// verifyStored is the audit of a stopped worker's database: `db check` clean and the
+// journal replaying to the stored state (`replay --verify`). It returns the inputs applied.
+func verifyStored(t *testing.T, st *persistence.Store) uint64 {
+	t.Helper()
+	var problems []string
+	if err := st.Check(func(p string) { problems = append(problems, p) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(problems) > 0 {
+		t.Fatalf("db check: %d problems:\n%s", len(problems), strings.Join(problems, "\n"))
+	}
+	diff, sum, err := replay.Verify(context.Background(), st, &pool.Core{Defaults: *testDefaults()})
+	if err != nil {
+		t.Fatalf("replay --verify: %v", err)
+	}
+	if len(diff) > 0 {
+		t.Fatalf("replay --verify: the journal does not rebuild the stored state:\n%s", strings.Join(diff, "\n"))
+	}
+	return sum.Applied
+}
+
+// verifyDir opens a stopped worker's database read-only and audits it (verifyStored).
+func verifyDir(t *testing.T, dir string) uint64 {
+	t.Helper()
+	st, err := persistence.Open(filepath.Join(dir, "kpool.db"), persistence.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	return verifyStored(t, st)
 }

@@ -25,7 +25,6 @@ import (
 	"github.com/kpool/kpool/fsm"
 	"github.com/kpool/kpool/persistence"
 	"github.com/kpool/kpool/pool"
-	"github.com/kpool/kpool/replay"
 	"github.com/kpool/kpool/worker"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -451,20 +450,7 @@ func journalSeqs(t *testing.T, st *persistence.Store) map[poolID][]uint64 {
 // clean, and no live KeyPackage without its sealed private keys.
 func auditStore(t *testing.T, st *persistence.Store) {
 	t.Helper()
-	var problems []string
-	if err := st.Check(func(p string) { problems = append(problems, p) }); err != nil {
-		t.Fatal(err)
-	}
-	if len(problems) > 0 {
-		t.Fatalf("db check: %d problems:\n%s", len(problems), strings.Join(problems, "\n"))
-	}
-	diff, _, err := replay.Verify(context.Background(), st, &pool.Core{Defaults: *testDefaults()})
-	if err != nil {
-		t.Fatalf("replay --verify: %v", err)
-	}
-	if len(diff) > 0 {
-		t.Fatalf("replay --verify: the journal does not rebuild the stored state:\n%s", strings.Join(diff, "\n"))
-	}
+	verifyStored(t, st)
 	pools, err := st.Pools()
 	if err != nil {
 		t.Fatal(err)

@@ -15,8 +15,6 @@ import (
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/events/natsbus"
 	"github.com/kpool/kpool/persistence"
-	"github.com/kpool/kpool/pool"
-	"github.com/kpool/kpool/replay"
 	"github.com/kpool/kpool/worker"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -101,18 +99,14 @@ func liveOrderRun(t *testing.T, ns *natsServer, seed uint64) {
 		t.Fatal(err)
 	}
 
+	if n := verifyDir(t, dir); n < 20 {
+		t.Fatalf("only %d inputs applied: the run did not exercise the worker", n)
+	}
 	st, err := persistence.Open(filepath.Join(dir, "kpool.db"), persistence.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	diff, sum, err := replay.Verify(context.Background(), st, &pool.Core{Defaults: *testDefaults()})
-	if err != nil || len(diff) > 0 {
-		t.Fatalf("replay of the journal differs from the live database: %v %v", err, diff)
-	}
-	if sum.Applied < 20 {
-		t.Fatalf("only %d inputs applied: the run did not exercise the worker", sum.Applied)
-	}
 	checkJournalInStreamOrder(t, st, nc, prefix)
 }
 
