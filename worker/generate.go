@@ -192,10 +192,13 @@ func (g *generator) report(p pool.Pool, cause error) {
 	if p.GenerationError == reason {
 		return
 	}
-	ev := events.Event{ID: natsbus.NewEventID(), Type: events.TypeGenerationFailed, Time: p.CreatedAt, Pool: p.ID, Reason: reason}
-	if meta, err := g.w.store.Meta(); err == nil && meta.Time.After(ev.Time) {
-		ev.Time = meta.Time
+	meta, err := g.w.store.Meta()
+	if err != nil {
+		g.w.log.Warn("reporting a generation failure failed", "pool", p.ID, "err", err)
+		return
 	}
+	// the core's time, like the generated inputs it stands for
+	ev := events.Event{ID: natsbus.NewEventID(), Type: events.TypeGenerationFailed, Time: meta.Time, Pool: p.ID, Reason: reason}
 	if _, err := g.w.submit(persistence.Input{Event: ev}); err != nil {
 		g.w.log.Warn("reporting a generation failure failed", "pool", p.ID, "err", err)
 	}
