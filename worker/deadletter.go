@@ -2,11 +2,8 @@ package worker
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"strconv"
 	"time"
 
@@ -14,7 +11,6 @@ import (
 	"github.com/kpool/kpool/events/natsbus"
 	"github.com/kpool/kpool/persistence"
 	"github.com/kpool/kpool/pool"
-	"github.com/nats-io/nats.go"
 )
 
 // bestEffortID pulls the id out of a payload that failed validation, for the dead letter.
@@ -72,23 +68,4 @@ func (w *Worker) deadLetter(in inbound, eventID string, cause error) {
 func refusedOutbound(t events.Transition, seq uint64) events.Outbound {
 	body, _ := json.Marshal(t) // a plain struct
 	return events.Outbound{ID: "refused-" + strconv.FormatUint(seq, 10), Kind: events.KindTransition, Pool: t.Pool, Body: body}
-}
-
-func marshalEvent(ev events.Event) ([]byte, error) {
-	data, err := json.Marshal(ev)
-	if err != nil {
-		return nil, fmt.Errorf("encode %s input: %w", ev.Type, err)
-	}
-	return data, nil
-}
-
-func newMsg(subject string, data []byte) *nats.Msg {
-	return &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
-}
-
-// newToken names one pending call; it is never an event id.
-func newToken() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }

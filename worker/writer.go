@@ -2,6 +2,9 @@ package worker
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -12,6 +15,7 @@ import (
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/persistence"
 	"github.com/kpool/kpool/pool"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -522,4 +526,23 @@ func (w *Worker) returnAcks(ids []string) {
 	w.ackMu.Lock()
 	w.acks = append(ids, w.acks...)
 	w.ackMu.Unlock()
+}
+
+func marshalEvent(ev events.Event) ([]byte, error) {
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s input: %w", ev.Type, err)
+	}
+	return data, nil
+}
+
+func newMsg(subject string, data []byte) *nats.Msg {
+	return &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+}
+
+// newToken names one pending call; it is never an event id.
+func newToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
