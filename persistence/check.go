@@ -187,11 +187,17 @@ func (s *Store) checkRecords(v *txView, add func(string, ...any)) {
 	if entries != records+asks {
 		add("expiry index holds %d entries for %d records and %d client re-asks", entries, records, asks)
 	}
-	_ = v.secrets.ForEach(func(k, _ []byte) error {
+	_ = v.secrets.ForEach(func(k, sealed []byte) error {
 		id := string(k)
 		if p, ok := strings.CutPrefix(id, "pool:"); ok {
 			if v.pools.Get([]byte(p)) == nil {
 				add("secret %s: no such pool", id)
+			} else if s.seal != nil { // a pool's signature key is checked like a bundle
+				if plain, err := s.seal.open(k, sealed); err != nil {
+					add("secret %s: the pool's signature key does not decrypt (%v)", id, err)
+				} else {
+					clear(plain)
+				}
 			}
 		} else if v.kps.Get(k) == nil {
 			add("secret %s: no such KeyPackage (not erased)", id)

@@ -71,3 +71,35 @@ func TestMigrateSeenPerPool(t *testing.T) {
 		t.Fatalf("db check after migration: %v %v", probs, err)
 	}
 }
+
+// A flipped byte in a pool's sealed signature key is reported by Check, as one in a
+// KeyPackage's bundle is.
+func TestCheckDecryptsPoolSecrets(t *testing.T) {
+	db, key := populated(t)
+	raw, err := bolt.Open(db, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bSecrets)
+		id := []byte(PoolSecretID("p1"))
+		v := append([]byte(nil), b.Get(id)...)
+		if len(v) == 0 {
+			t.Fatal("the fixture stores no signature key for p1")
+		}
+		v[len(v)-1] ^= 1
+		return b.Put(id, v)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+	s := mustOpen(t, db, key)
+	defer s.Close()
+	var found bool
+	if err := s.Check(func(p string) { found = found || strings.Contains(p, "signature key does not decrypt") }); err != nil {
+		t.Fatal(err)
+	}
+	if !found {
+		t.Fatal("a corrupted pool signature key went unnoticed by Check")
+	}
+}
