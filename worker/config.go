@@ -84,15 +84,25 @@ type Config struct {
 	// NoSync skips fsync in the store (tests only).
 	NoSync bool
 	// JournalRetention keeps journal entries, and the dedup ids they carry, whose event
-	// time is within this long of the newest (0 = keep everything). A redelivery older
-	// than this is no longer recognised as a duplicate; `replay --verify` and `log
-	// export` see only what is kept.
+	// time is within this long of the newest. Default (0): Streams.EventsMaxAge, else
+	// DefaultJournalRetention — the events stream's age, so the database stops growing
+	// while every event the stream can still redeliver is recognised as a duplicate.
+	// KeepJournal (any negative value) keeps everything. A redelivery older than this is
+	// no longer recognised as a duplicate; `replay --verify` and `log export` see only
+	// what is kept.
 	JournalRetention time.Duration
 
 	// stepHook runs before each step (tests: export_test.go); an error is an internal
 	// failure of that input, as a failing store or view would be.
 	stepHook func(context.Context, events.Event) error
 }
+
+// DefaultJournalRetention is the journal retention when neither Config.JournalRetention
+// nor Config.Streams.EventsMaxAge is set: the events stream's default age (30 days).
+const DefaultJournalRetention = 30 * 24 * time.Hour
+
+// KeepJournal as Config.JournalRetention keeps every journal entry and dedup id.
+const KeepJournal time.Duration = -1
 
 // ErrConfig marks an invalid worker configuration.
 var ErrConfig = errors.New("worker: invalid configuration")
@@ -122,6 +132,14 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if err := (&pool.Core{Defaults: *c.Defaults}).Effective(events.Policy{}).Validate(); err != nil {
 		return c, fmt.Errorf("%w: default pool policy: %v", ErrConfig, err)
+	}
+	switch {
+	case c.JournalRetention < 0:
+		c.JournalRetention = 0 // persistence: 0 keeps everything
+	case c.JournalRetention == 0 && c.Streams.EventsMaxAge > 0:
+		c.JournalRetention = c.Streams.EventsMaxAge
+	case c.JournalRetention == 0:
+		c.JournalRetention = DefaultJournalRetention
 	}
 	if c.MaxSkew <= 0 {
 		c.MaxSkew = 5 * time.Minute

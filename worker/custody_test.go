@@ -174,6 +174,7 @@ func TestClientCustodyEndToEnd(t *testing.T) {
 	var logMu sync.Mutex
 	w := startWorker(t, ns.URL(), dir, clock, func(c *worker.Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(&lockedWriter{w: &logs, mu: &logMu}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		c.JournalRetention = worker.KeepJournal // 96 days of ticks, replayed from seq 1 at the end
 	})
 	nc, c := clockedClient(t, ns.URL(), clock)
 	ds := startDS(t, c, true)

@@ -37,7 +37,8 @@ func liveOrderRun(t *testing.T, ns *natsServer, seed uint64) {
 	prefix := fmt.Sprintf("prop%d", seed)
 	clock := newClock()
 	dir := t.TempDir()
-	w := startWorker(t, ns.URL(), dir, clock, func(c *worker.Config) { c.Prefix = prefix })
+	// the clock jumps weeks at a time: keep the whole journal so that it replays from seq 1
+	w := startWorker(t, ns.URL(), dir, clock, func(c *worker.Config) { c.Prefix = prefix; c.JournalRetention = worker.KeepJournal })
 	nc, _ := connect(t, ns.URL())
 	c, err := natsbus.NewClient(nc, natsbus.WithPrefix(prefix), natsbus.WithClock(clock.Now))
 	if err != nil {

@@ -44,7 +44,7 @@ func replayCmd() *cobra.Command {
 	fs.BoolVar(&o.strict, "stop-on-bad-line", false, "stop at the first bad line instead of reporting it and going on")
 	fs.BoolVar(&o.fsync, "fsync", false, "with --data: fsync every commit (survives power loss, much slower)")
 	fs.StringVar(&o.progress, "progress", "auto", "`auto` (a bar on a terminal, else lines), bar, lines or off")
-	fs.StringVar(&o.retention, "journal-retention", "0", "forget dedup ids of inputs older than `D` (the recording worker's --journal-retention) so memory stays flat; 0 = keep all")
+	fs.StringVar(&o.retention, "journal-retention", "30d", "forget dedup ids of inputs older than `D` (the recording worker's --journal-retention, default 30d) so memory stays flat; 0 = keep all")
 	fs.StringVar(&o.config, "config", "", "default pool policy `FILE` (JSON, the worker's --config); must match the recording worker's")
 	return cmd
 }

@@ -114,8 +114,10 @@ type runOptions struct {
 	streams                                               natsbus.StreamOptions
 }
 
-func runCmd() *cobra.Command {
-	var o runOptions
+func runCmd() *cobra.Command { return runCmdFor(new(runOptions)) }
+
+// runCmdFor builds `worker run` around o (tests read the flags it parsed).
+func runCmdFor(o *runOptions) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "run",
 		Short: "run the worker (embedded NATS by default)",
@@ -139,7 +141,7 @@ func runCmd() *cobra.Command {
 	fs.StringVar(&o.config, "config", envOr("KPOOL_CONFIG", ""), "JSON file with the default pool policy [KPOOL_CONFIG]")
 	fs.StringVar(&o.metrics, "metrics", envOr("KPOOL_METRICS", ""), "serve Prometheus metrics on HOST:PORT/metrics [KPOOL_METRICS]")
 	fs.StringVar(&o.maxSkew, "max-skew", envOr("KPOOL_MAX_SKEW", "5m"), "refuse events timed further than this ahead of the clock [KPOOL_MAX_SKEW]")
-	fs.StringVar(&o.retention, "journal-retention", envOr("KPOOL_JOURNAL_RETENTION", "0"), "keep the input journal and dedup ids this long (e.g. 30d); 0 = forever [KPOOL_JOURNAL_RETENTION]")
+	fs.StringVar(&o.retention, "journal-retention", envOr("KPOOL_JOURNAL_RETENTION", "30d"), "keep the input journal and dedup ids this long of event time (default: the events stream's 30 days); 0 = forever [KPOOL_JOURNAL_RETENTION]")
 	fs.Int64Var(&o.streams.EventsMaxBytes, "events-max-bytes", natsbus.DefaultStreamMaxBytes, "size limit of the inbound stream when kpool creates it; a full stream refuses publishes")
 	fs.Int64Var(&o.streams.EventsMaxPerSubject, "events-max-per-subject", natsbus.DefaultEventsMaxPerSubject, "each pool's budget per event type: messages kept per inbound subject; further publishes there are refused")
 	fs.Int64Var(&o.streams.OutboundMaxBytes, "outbound-max-bytes", natsbus.DefaultStreamMaxBytes, "size limit of the outbound stream (uploads, transitions, alerts, dead letters) when kpool creates it; the oldest go first")
@@ -168,6 +170,9 @@ func (o *runOptions) workerConfig(stderr io.Writer) (worker.Config, error) {
 	retention, err := events.ParseDuration(o.retention)
 	if err != nil {
 		return worker.Config{}, usagef("--journal-retention: %w", err)
+	}
+	if retention == 0 {
+		retention = worker.KeepJournal // the flag's 0 is "forever"; the Config's 0 is the default
 	}
 	replicas, err := strconv.Atoi(o.replicas)
 	if err != nil || replicas < 1 || replicas > 5 {

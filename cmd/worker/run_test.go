@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/events/natsbus"
 	"github.com/kpool/kpool/mls"
+	"github.com/kpool/kpool/worker"
 	"github.com/spf13/pflag"
 )
 
@@ -333,5 +335,33 @@ func TestRunInterruptedWhileNATSUnreachable(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatalf("start-up still waiting for NATS 30s after the interrupt (--start-timeout 1h):\n%s", stderr.String())
+	}
+}
+
+// --journal-retention: its default is the events stream's 30 days, and 0 means keep
+// everything (worker.KeepJournal; the worker Config's own 0 is the default).
+func TestRunJournalRetentionFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  string
+		want time.Duration
+	}{
+		{nil, "", 30 * 24 * time.Hour},
+		{[]string{"--journal-retention", "0"}, "", worker.KeepJournal},
+		{[]string{"--journal-retention", "7d"}, "", 7 * 24 * time.Hour},
+		{nil, "12h", 12 * time.Hour},
+	} {
+		if tc.env != "" {
+			t.Setenv("KPOOL_JOURNAL_RETENTION", tc.env)
+		}
+		var o runOptions
+		if err := runCmdFor(&o).Flags().Parse(tc.args); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := o.workerConfig(io.Discard)
+		if err != nil || cfg.JournalRetention != tc.want {
+			t.Errorf("%v (env %q): retention %v, %v; want %v", tc.args, tc.env, cfg.JournalRetention, err, tc.want)
+		}
+		os.Unsetenv("KPOOL_JOURNAL_RETENTION")
 	}
 }
