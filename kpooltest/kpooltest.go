@@ -55,6 +55,10 @@ type Options struct {
 	Dir string
 	// Logger receives the worker's logs (default: discarded).
 	Logger *slog.Logger
+	// JournalRetention is the worker's (default 30 days of event time);
+	// worker.KeepJournal keeps the whole journal, for a test that moves the clock
+	// further and then replays the journal from its start.
+	JournalRetention time.Duration
 }
 
 // Env is a running worker with a client.
@@ -88,7 +92,7 @@ func New(ctx context.Context, o Options) (*Env, error) {
 	e.subj = events.Subjects{Prefix: o.Prefix}
 	cfg := worker.Config{
 		DataDir: e.Dir, Listen: "127.0.0.1:0", Prefix: o.Prefix, Tick: o.Tick,
-		Defaults: o.Defaults, Logger: o.Logger, NoSync: true,
+		Defaults: o.Defaults, Logger: o.Logger, NoSync: true, JournalRetention: o.JournalRetention,
 	}
 	if o.Deterministic {
 		origin, seed := o.Origin, DefaultSeed

@@ -15,6 +15,7 @@ import (
 	"github.com/kpool/kpool/mls"
 	"github.com/kpool/kpool/pool"
 	"github.com/kpool/kpool/replay"
+	"github.com/kpool/kpool/worker"
 	"github.com/nats-io/nats.go"
 )
 
@@ -40,7 +41,8 @@ func TestPQSuitesEndToEnd(t *testing.T) {
 func runPQPool(t *testing.T, suite mls.CipherSuite) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	env := kpooltest.Start(t, kpooltest.Options{Deterministic: true})
+	// 92 days of ticks, then the journal is replayed from its start
+	env := kpooltest.Start(t, kpooltest.Options{Deterministic: true, JournalRetention: worker.KeepJournal})
 	c := env.Client
 	const id = "pq"
 
