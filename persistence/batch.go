@@ -23,6 +23,10 @@ type Input struct {
 	// step's erasures are written, and returned in Result.Revealed. Only a step that
 	// consumes that ref may reveal it.
 	Reveal string
+	// SecretsErased lets this input store live KeyPackages without private keys: in a
+	// cluster, a worker rebuilding a partition from its log finds erased the keys of
+	// KeyPackages that a later input of the same log takes or deletes.
+	SecretsErased bool
 }
 
 // Result of one applied (or rejected) input.
@@ -90,7 +94,7 @@ func (b *Batch) apply(step StepFunc, in Input) (res Result, err error) {
 		// Never reveal on a duplicate: the original input did whatever revealing it did.
 		return res, nil
 	}
-	if verr := b.v.validate(in, r, b.allowMissing); verr != nil {
+	if verr := b.v.validate(in, r, b.allowMissing || in.SecretsErased); verr != nil {
 		if isVerdict(verr) {
 			return Result{Err: verr}, nil
 		}
@@ -144,6 +148,10 @@ func (b *Batch) Publish(o events.Outbound) error { return b.v.putOutbox(o) }
 
 // AckOutbox removes published outbox messages in this transaction.
 func (b *Batch) AckOutbox(ids []string) error { return b.v.ackOutbox(ids) }
+
+// SetQuiet makes the inputs applied next record no outbox messages: in a cluster, a new
+// owner catching up on inputs whose effects the previous owner has published.
+func (b *Batch) SetQuiet(quiet bool) { b.v.quiet = quiet }
 
 // SetInputSeq records the stream sequence of the last input the batch applied, so a
 // restart resumes after it (see InputSeq).

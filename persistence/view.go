@@ -19,6 +19,7 @@ type txView struct {
 	meta, pools, kps, poolKPs, expiry, secrets, seen *bolt.Bucket
 	journal, outbox, outboxIDs                       *bolt.Bucket
 	cachedMeta                                       *pool.Meta
+	quiet                                            bool // Batch.SetQuiet
 }
 
 var _ pool.View = (*txView)(nil)

@@ -44,7 +44,18 @@ func toAPIError(err error) *apiError {
 type endpoint struct {
 	name, verb string
 	perPool    bool
-	fn         func(pool string, data []byte) (any, error)
+	fn         func(w *Worker, pool string, data []byte) (any, error)
+}
+
+// endpoints are the micro service's; in cluster mode the top level routes each call to
+// the engine of its pool's partition (route.go).
+var endpoints = []endpoint{
+	{"pool_register", natsbus.VerbRegister, true, (*Worker).apiRegister},
+	{"pool_status", natsbus.VerbStatus, true, (*Worker).apiStatus},
+	{"pool_list", natsbus.VerbList, false, (*Worker).apiList},
+	{"pool_replenish", natsbus.VerbReplenish, true, (*Worker).apiReplenish},
+	{"keypackage_get", natsbus.VerbGet, true, (*Worker).apiGet},
+	{"keypackage_take", natsbus.VerbTake, true, (*Worker).apiTake},
 }
 
 func (w *Worker) startService() error {
@@ -57,15 +68,7 @@ func (w *Worker) startService() error {
 		return fmt.Errorf("worker: micro service: %w", err)
 	}
 	w.svc = svc
-	eps := []endpoint{
-		{"pool_register", natsbus.VerbRegister, true, w.apiRegister},
-		{"pool_status", natsbus.VerbStatus, true, w.apiStatus},
-		{"pool_list", natsbus.VerbList, false, w.apiList},
-		{"pool_replenish", natsbus.VerbReplenish, true, w.apiReplenish},
-		{"keypackage_get", natsbus.VerbGet, true, w.apiGet},
-		{"keypackage_take", natsbus.VerbTake, true, w.apiTake},
-	}
-	for _, ep := range eps {
+	for _, ep := range endpoints {
 		subject := natsbus.APISubject(w.subj, ep.verb, "")
 		if ep.perPool {
 			subject = natsbus.APISubject(w.subj, ep.verb, "*")
@@ -84,7 +87,13 @@ func (w *Worker) apiHandler(ep endpoint) micro.Handler {
 		if ep.perPool {
 			id = natsbus.PoolFromAPISubject(req.Subject())
 		}
-		resp, err := w.callAPI(ep, id, req.Data())
+		var resp any
+		var err error
+		if w.cluster != nil {
+			resp, err = w.cluster.call(ep, id, req.Data())
+		} else {
+			resp, err = w.callAPI(ep, id, req.Data())
+		}
 		if err != nil {
 			ae := toAPIError(err)
 			w.metrics.api.WithLabelValues(ep.name, ae.code).Inc()
@@ -97,15 +106,22 @@ func (w *Worker) apiHandler(ep endpoint) micro.Handler {
 }
 
 func (w *Worker) callAPI(ep endpoint, id string, data []byte) (any, error) {
-	if ep.perPool {
-		if err := events.ValidPoolID(id); err != nil {
-			return nil, apiErr(natsbus.CodeInvalidPoolID, "%s", err.(*events.FieldError).Reason)
-		}
+	if err := checkPoolArg(ep, id); err != nil {
+		return nil, err
 	}
 	if w.ctx.Err() != nil {
 		return nil, apiErr(natsbus.CodeUnavailable, "the worker is shutting down")
 	}
-	return ep.fn(id, data)
+	return ep.fn(w, id, data)
+}
+
+func checkPoolArg(ep endpoint, id string) error {
+	if ep.perPool {
+		if err := events.ValidPoolID(id); err != nil {
+			return apiErr(natsbus.CodeInvalidPoolID, "%s", err.(*events.FieldError).Reason)
+		}
+	}
+	return nil
 }
 
 // decodeBody reads a request body strictly (natsbus.DecodeRequest); an empty body is the

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -74,6 +75,11 @@ type Config struct {
 	// (default 5). It keeps retrying the same input with backoff and never skips it.
 	MaxInternalFailures int
 
+	// Cluster runs the worker as one of several sharing a NATS cluster: pools are spread
+	// over partitions, each owned by one worker at a time (docs/scale-out.md). The zero
+	// value is the single worker.
+	Cluster ClusterConfig
+
 	// Logger receives structured logs (default: discard).
 	Logger *slog.Logger
 	// Clock is the wall clock of the edges (ticker, API events, skew check). The core
@@ -103,6 +109,23 @@ const DefaultJournalRetention = 30 * 24 * time.Hour
 
 // KeepJournal as Config.JournalRetention keeps every journal entry and dedup id.
 const KeepJournal time.Duration = -1
+
+// ClusterConfig configures a worker in a cluster of workers.
+type ClusterConfig struct {
+	// Enabled turns cluster mode on.
+	Enabled bool
+	// Partitions is P, the number of partitions (default 16). It is fixed per deployment.
+	Partitions int
+	// WorkerID names this worker among the others (default: host name and a random
+	// suffix). Letters, digits, '-' and '_'.
+	WorkerID string
+	// LeaseTTL is how long a partition stays owned by a worker that stopped renewing it
+	// (default 5s): the failover time is about LeaseTTL plus catching up.
+	LeaseTTL time.Duration
+	// Replicas is how many NATS servers keep each stream and bucket (default 3 when the
+	// server is part of a NATS cluster, 1 when it is a single server).
+	Replicas int
+}
 
 // ErrConfig marks an invalid worker configuration.
 var ErrConfig = errors.New("worker: invalid configuration")
@@ -159,6 +182,15 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxInternalFailures <= 0 {
 		c.MaxInternalFailures = 5
 	}
+	if c.Cluster.Enabled {
+		if err := c.Cluster.withDefaults(); err != nil {
+			return c, err
+		}
+		c.Streams.Partitions = c.Cluster.Partitions
+		if c.Streams.Replicas <= 0 {
+			c.Streams.Replicas = c.Cluster.Replicas // 0: decided once connected
+		}
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -166,6 +198,29 @@ func (c Config) withDefaults() (Config, error) {
 		c.Clock = time.Now
 	}
 	return c, nil
+}
+
+func (c *ClusterConfig) withDefaults() error {
+	if c.Partitions == 0 {
+		c.Partitions = events.DefaultPartitions
+	}
+	if c.Partitions < 1 || c.Partitions > events.MaxPartitions {
+		return fmt.Errorf("%w: partitions %d: use 1 to %d", ErrConfig, c.Partitions, events.MaxPartitions)
+	}
+	if c.WorkerID == "" {
+		host, _ := os.Hostname()
+		c.WorkerID = StreamSafe(host) + "-" + newToken()[:8]
+	}
+	if StreamSafe(c.WorkerID) != c.WorkerID || len(c.WorkerID) > 64 {
+		return fmt.Errorf("%w: worker id %q: use 1-64 letters, digits, '-' and '_'", ErrConfig, c.WorkerID)
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 5 * time.Second
+	}
+	if c.LeaseTTL < time.Second {
+		return fmt.Errorf("%w: lease TTL %v is under 1s", ErrConfig, c.LeaseTTL)
+	}
+	return nil
 }
 
 // validPrefix: one or more NATS tokens without wildcards.

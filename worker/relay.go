@@ -50,6 +50,12 @@ func (w *Worker) relayLoop() {
 func (w *Worker) relayOnce(ctx context.Context) error {
 	w.relayMu.Lock()
 	defer w.relayMu.Unlock()
+	applied := w.appliedSeq.Load() // their outbox messages are all in the store now
+	drained := func() {
+		if applied > w.drained.Load() {
+			w.drained.Store(applied)
+		}
+	}
 	for {
 		var batch []events.Outbound
 		var keys []uint64
@@ -65,6 +71,7 @@ func (w *Worker) relayOnce(ctx context.Context) error {
 		}
 		if len(batch) == 0 {
 			w.metrics.outboxPending.Set(0)
+			drained()
 			return nil
 		}
 		// The batch goes out asynchronously, in order, and is confirmed in order: the
@@ -74,6 +81,7 @@ func (w *Worker) relayOnce(ctx context.Context) error {
 		var pubErr error
 		futures := make([]jetstream.PubAckFuture, 0, len(batch))
 		for _, o := range batch {
+			o.ID = w.msgIDPrefix + o.ID // partitions' outbox ids overlap; the stream dedups by id
 			f, err := natsbus.PublishOutboundAsync(w.js, w.subj, o)
 			if err != nil {
 				pubErr = err
@@ -114,6 +122,7 @@ func (w *Worker) relayOnce(ctx context.Context) error {
 		}
 		if len(batch) < relayBatch {
 			w.metrics.outboxPending.Set(0)
+			drained()
 			return nil
 		}
 	}

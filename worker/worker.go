@@ -57,6 +57,22 @@ type Worker struct {
 	acks      []string   // published outbox ids, removed in the writer's next transaction
 	regMu     sync.Mutex // serializes pool registration (key generation + first commit)
 
+	// Cluster mode (cluster.go). The top-level worker owns no store: every partition it
+	// holds the lease of runs as an engine, a Worker of its own (store, reader, writer,
+	// relay, generator) that shares the top level's connection, core and metrics.
+	cluster     *cluster     // top level in cluster mode
+	buckets     *natsbus.ClusterBuckets
+	part        int          // an engine's partition; -1 for the single worker
+	filters     []string     // the stored subjects the reader follows
+	msgIDPrefix string       // outbound Nats-Msg-Ids: partitions share the outbound streams
+	leaseUntil  atomic.Int64 // an engine's lease ends then (unix nanoseconds, local clock)
+	published   uint64       // effects of inputs up to it are out already (previous owner)
+	catchUp     uint64       // the stream's last sequence when the engine took its partition
+	caughtUp    bool         // writer goroutine only
+	drained     atomic.Uint64 // every effect of inputs up to it has been published
+	route       *nats.Subscription
+	releasing   atomic.Bool // an engine handing its partition over takes no new calls
+
 	ctx     context.Context // cancelled by Close: stop taking new work
 	stop    context.CancelFunc
 	loops   sync.WaitGroup
@@ -89,18 +105,12 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		relayKick: make(chan struct{}, 1),
 		ncClosed:  make(chan struct{}),
 		closed:    make(chan struct{}),
+		part:      -1,
 
 		inputs: make(chan inbound, cfg.Batch),
 	}
-	w.step = w.core.Step
-	if hook := cfg.stepHook; hook != nil {
-		w.step = func(v pool.View, ev events.Event) (pool.Ready, error) {
-			if err := hook(w.ctx, ev); err != nil {
-				return pool.Ready{}, err
-			}
-			return w.core.Step(v, ev)
-		}
-	}
+	w.filters = []string{w.subj.Events(), w.subj.Inputs()}
+	w.step = w.stepFunc()
 	w.metrics = newMetrics(w.Ready)
 	w.ctx, w.stop = context.WithCancel(context.Background())
 	// Until Start returns, ctx ending (a signal during start-up) stops the worker too, so
@@ -113,16 +123,11 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		}
 	}()
 
-	w.store, err = persistence.Open(filepath.Join(cfg.DataDir, "kpool.db"), persistence.Options{KeyFile: cfg.KeyFile, NewDatabase: cfg.NewDatabase, NoSync: cfg.NoSync, JournalRetention: cfg.JournalRetention})
-	if err != nil {
-		return nil, fmt.Errorf("worker: %w", err)
+	if !cfg.Cluster.Enabled {
+		if err := w.openStore(filepath.Join(cfg.DataDir, "kpool.db"), cfg.NewDatabase); err != nil {
+			return nil, err
+		}
 	}
-	last, err := w.store.InputSeq()
-	if err != nil {
-		return nil, fmt.Errorf("worker: %w", err)
-	}
-	w.nextSeq.Store(last + 1)
-	w.appliedSeq.Store(last)
 	if cfg.MetricsAddr != "" { // up first: /readyz says "not ready" while NATS is awaited
 		if err := w.serveMetrics(cfg.MetricsAddr); err != nil {
 			return nil, err
@@ -132,26 +137,25 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	if err := w.connect(); err != nil {
 		return nil, err
 	}
-	if err := natsbus.EnsureStreams(ctx, w.js, w.subj, cfg.Streams); err != nil {
+	if cfg.Cluster.Enabled && w.cfg.Streams.Replicas <= 0 {
+		w.cfg.Streams.Replicas = 1 // a single server is a cluster of one
+		if w.nc.ConnectedClusterName() != "" {
+			w.cfg.Streams.Replicas = 3
+		}
+	}
+	if err := natsbus.EnsureStreams(ctx, w.js, w.subj, w.cfg.Streams); err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
 	}
-	// What a crash left unpublished goes out first, with the same ids (deduplicated).
-	if err := w.relayOnce(ctx); err != nil {
-		w.log.Warn("outbox relay at start-up failed; will retry", "err", err)
-	}
-	w.gen = newGenerator(w)
-	if err := w.gen.resume(); err != nil {
+	if cfg.Cluster.Enabled {
+		if err := w.startCluster(ctx); err != nil {
+			return nil, err
+		}
+	} else if err := w.startInputs(ctx); err != nil {
 		return nil, err
 	}
 	if err := w.startService(); err != nil {
 		return nil, err
 	}
-	w.ready.Store(true)
-	w.loops.Add(4)
-	go w.readLoop()
-	go w.writeLoop()
-	go w.relayLoop()
-	go w.gen.loop()
 	if cfg.Tick > 0 {
 		w.loops.Add(1)
 		go w.tickLoop()
@@ -161,9 +165,65 @@ func Start(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	if err := w.nc.FlushTimeout(5 * time.Second); err != nil {
 		return nil, fmt.Errorf("worker: NATS flush: %w", err)
 	}
-	w.logPools()
+	if w.store != nil {
+		w.logPools()
+	}
 	w.started = true
 	return w, nil
+}
+
+// stepFunc is the core's step, behind the test hook when one is set.
+func (w *Worker) stepFunc() persistence.StepFunc {
+	hook := w.cfg.stepHook
+	if hook == nil {
+		return w.core.Step
+	}
+	return func(v pool.View, ev events.Event) (pool.Ready, error) {
+		if err := hook(w.ctx, ev); err != nil {
+			return pool.Ready{}, err
+		}
+		return w.core.Step(v, ev)
+	}
+}
+
+// openStore opens the bbolt store and resumes the input sequence after its last input.
+func (w *Worker) openStore(path string, newDatabase bool) error {
+	st, err := persistence.Open(path, persistence.Options{KeyFile: w.cfg.KeyFile, NewDatabase: newDatabase, NoSync: w.cfg.NoSync, JournalRetention: w.cfg.JournalRetention})
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	w.store = st
+	last, err := w.store.InputSeq()
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	w.nextSeq.Store(last + 1)
+	w.appliedSeq.Store(last)
+	w.drained.Store(last)
+	return nil
+}
+
+// startInputs publishes what a crash left in the outbox, resumes generation and starts
+// the reader, writer, relay and generator of one input sequence.
+func (w *Worker) startInputs(ctx context.Context) error {
+	// What a crash left unpublished goes out first, with the same ids (deduplicated).
+	if err := w.relayOnce(ctx); err != nil {
+		w.log.Warn("outbox relay at start-up failed; will retry", "err", err)
+	}
+	w.gen = newGenerator(w)
+	w.caughtUp = w.appliedSeq.Load() >= w.catchUp
+	if w.caughtUp {
+		if err := w.gen.resume(); err != nil {
+			return err
+		}
+	}
+	w.ready.Store(true)
+	w.loops.Add(4)
+	go w.readLoop()
+	go w.writeLoop()
+	go w.relayLoop()
+	go w.gen.loop()
+	return nil
 }
 
 // connect starts the embedded server or dials NATSURL.
@@ -292,21 +352,10 @@ func (w *Worker) shutdown() {
 			errs = append(errs, w.svc.Stop())
 		}
 		w.log.Debug("shutdown: API stopped")
-		w.stop()
-		w.loops.Wait()
-		w.log.Debug("shutdown: loops stopped")
-		if w.nc != nil && w.store != nil && w.nc.IsConnected() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			if err := w.relayOnce(ctx); err != nil {
-				w.log.Warn("final outbox flush incomplete; it is published at the next start", "err", err)
-			}
-			cancel()
+		if w.cluster != nil {
+			w.cluster.leave()
 		}
-		if w.store != nil {
-			if acks := w.takeAcks(); len(acks) > 0 {
-				errs = append(errs, w.store.AckOutbox(acks...))
-			}
-		}
+		errs = append(errs, w.stopInputs(true))
 		if w.httpSrv != nil {
 			errs = append(errs, w.httpSrv.Close())
 		}
@@ -324,15 +373,34 @@ func (w *Worker) shutdown() {
 			w.ns.Shutdown()
 			w.ns.WaitForShutdown()
 		}
-		if w.store != nil {
-			errs = append(errs, w.store.Close())
-		}
 		w.err = errors.Join(errs...)
 		close(w.closed)
 		if w.started {
 			w.log.Info("worker stopped")
 		}
 	})
+}
+
+// stopInputs stops the loops; flush publishes the outbox one last time. It closes the store.
+func (w *Worker) stopInputs(flush bool) error {
+	w.stop()
+	w.loops.Wait()
+	w.log.Debug("shutdown: loops stopped")
+	if w.store == nil {
+		return nil
+	}
+	var errs []error
+	if flush && w.nc != nil && w.nc.IsConnected() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := w.relayOnce(ctx); err != nil {
+			w.log.Warn("final outbox flush incomplete; it is published at the next start", "err", err)
+		}
+		cancel()
+	}
+	if acks := w.takeAcks(); len(acks) > 0 {
+		errs = append(errs, w.store.AckOutbox(acks...))
+	}
+	return errors.Join(append(errs, w.store.Close())...)
 }
 
 // sleepCtx waits d or until the worker stops; false means stop.

@@ -31,14 +31,20 @@ import (
 // inbound is one message of the input stream.
 type inbound struct {
 	seq     uint64
-	subject string
+	subject string // as published (a partition's transform undone)
 	data    []byte
-	token   string // InputTokenHeader: names the pending call of an internal input
+	token   string   // InputTokenHeader: names the pending call of an internal input
+	secrets []string // SecretsHeader: ids of its private material in the keys bucket
 	at      time.Time
+	stored  time.Time // when the stream stored it: every reader of the log sees the same
 }
 
 // InputTokenHeader carries, on an internal input, the token of the call waiting for it.
 const InputTokenHeader = "Kpool-Input"
+
+// SecretsHeader lists, on an internal input in cluster mode, the ids of the private
+// material it stores, which is in the keys bucket (sealed) before the input is published.
+const SecretsHeader = "Kpool-Secrets"
 
 // Codes the edge adds to those of events.Code and the core's RejectError.
 const (
@@ -77,6 +83,13 @@ func (p *pendingCalls) add(token string, c *pendingCall) {
 		p.m = map[string]*pendingCall{}
 	}
 	p.m[token] = c
+}
+
+// size is how many calls wait.
+func (p *pendingCalls) size() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.m)
 }
 
 // claim marks a call as being applied; nil when its caller is gone.
@@ -134,9 +147,15 @@ func (w *Worker) submit(in persistence.Input) (persistence.Result, error) {
 	call := &pendingCall{secrets: in.Secrets, reveal: in.Reveal, done: make(chan applied, 1)}
 	w.pending.add(token, call)
 	why := "not applied within " + callTimeout.String()
-	if err := w.publishInput(ctx, in.Event, token); err != nil {
+	ids, err := w.replicateSecrets(ctx, in)
+	if err != nil {
+		w.pending.abandon(token)
+		return persistence.Result{}, fmt.Errorf("replicating private keys before publishing the input: %w; nothing changed", err)
+	}
+	published := true
+	if err := w.publishInput(ctx, in.Event, token, ids); err != nil {
 		// The stream may still have stored it: the writer may be applying it now.
-		why = "publish input: " + err.Error()
+		why, published = "publish input: "+err.Error(), false
 	} else {
 		select {
 		case a := <-call.done:
@@ -151,6 +170,10 @@ func (w *Worker) submit(in persistence.Input) (persistence.Result, error) {
 	defer retry.Stop()
 	for {
 		if w.pending.abandon(token) {
+			if w.buckets != nil && published {
+				// In a cluster the log decides: whoever owns the partition next applies it.
+				return persistence.Result{}, fmt.Errorf("%s; the input is in the log and the partition's next owner applies it: check with status or get before repeating", why)
+			}
 			return persistence.Result{}, fmt.Errorf("%s; abandoned, nothing changed", why)
 		}
 		select {
@@ -164,13 +187,16 @@ func (w *Worker) submit(in persistence.Input) (persistence.Result, error) {
 // publishInput appends an internal input to the stream. A publish lost in a reconnect
 // or a JetStream restart is retried with the same Nats-Msg-Id, so the stream holds it
 // once.
-func (w *Worker) publishInput(ctx context.Context, ev events.Event, token string) error {
+func (w *Worker) publishInput(ctx context.Context, ev events.Event, token string, secrets []string) error {
 	data, err := marshalEvent(ev)
 	if err != nil {
 		return err
 	}
 	msg := newMsg(w.subj.Input(ev.Pool, ev.Type), data)
 	msg.Header.Set(InputTokenHeader, token)
+	if len(secrets) > 0 {
+		msg.Header.Set(SecretsHeader, strings.Join(secrets, ","))
+	}
 	msg.Header.Set(jetstream.MsgIDHeader, "input-"+token)
 	for {
 		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -194,7 +220,7 @@ func (w *Worker) readLoop() {
 	backoff := 100 * time.Millisecond
 	for w.ctx.Err() == nil {
 		next := w.nextSeq.Load()
-		cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{w.subj.Events(), w.subj.Inputs()}}
+		cfg := jetstream.OrderedConsumerConfig{FilterSubjects: w.filters}
 		if next > 1 {
 			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, next
 		}
@@ -240,17 +266,22 @@ func (w *Worker) follow(it jetstream.MessagesContext) {
 			continue
 		}
 		seq := md.Sequence.Stream
-		if want := w.nextSeq.Load(); seq != want && want > 1 {
-			if seq < want {
-				continue // already handed over (a re-created consumer starts where asked)
-			}
+		want := w.nextSeq.Load()
+		if seq < want {
+			continue // already handed over (a re-created consumer starts where asked)
+		}
+		// A partition's messages are a subsequence of the stream: gaps are other partitions'.
+		if seq > want && want > 1 && w.part < 0 {
 			w.log.Error("inputs missing from the stream (expired or purged before they were applied)", "from", want, "to", seq-1)
 			w.metrics.inputGaps.Add(float64(seq - want))
 		}
 		w.nextSeq.Store(seq + 1)
-		in := inbound{seq: seq, subject: msg.Subject(), data: msg.Data(), at: time.Now()}
+		in := inbound{seq: seq, subject: w.subj.Unpartitioned(msg.Subject()), data: msg.Data(), at: time.Now(), stored: md.Timestamp}
 		if h := msg.Headers(); h != nil {
 			in.token = h.Get(InputTokenHeader)
+			if ids := h.Get(SecretsHeader); ids != "" {
+				in.secrets = strings.Split(ids, ",")
+			}
 		}
 		select {
 		case w.inputs <- in:
@@ -270,6 +301,11 @@ func (w *Worker) writeLoop() {
 		case first = <-w.inputs:
 		case <-w.ctx.Done():
 			return
+		}
+		for !w.leaseValid() { // a partition whose lease ran out applies nothing more
+			if !w.sleepCtx(50 * time.Millisecond) {
+				return
+			}
 		}
 		group := []inbound{first}
 	more:
@@ -377,6 +413,7 @@ func (w *Worker) tryApply(group []inbound) (n int, err error) {
 // applyOne decodes, checks and steps one input in the batch. err is internal only.
 func (w *Worker) applyOne(b *persistence.Batch, in inbound) (outcome, error) {
 	o := outcome{in: in}
+	b.SetQuiet(w.quiet(in))
 	ev, internal, err := w.decode(in)
 	o.ev = ev
 	if err != nil {
@@ -390,11 +427,19 @@ func (w *Worker) applyOne(b *persistence.Batch, in inbound) (outcome, error) {
 	input := persistence.Input{Event: ev}
 	if internal {
 		o.call = w.pending.claim(in.token)
-		if o.call == nil {
+		switch {
+		case o.call != nil:
+			input.Secrets, input.Reveal = o.call.secrets, o.call.reveal
+		case w.buckets != nil:
+			// In a cluster the log decides, not who waits: any worker applying the
+			// partition's log applies the input, with its keys from the keys bucket.
+			if input.Secrets, input.SecretsErased, err = w.fetchSecrets(in.secrets); err != nil {
+				return o, err
+			}
+		default:
 			o.refused = &edgeError{code: CodeAbandoned, reason: fmt.Sprintf("%s input %q was published by a call that is no longer waiting (worker restart or timeout); it is not applied — repeat the call", ev.Type, ev.ID)}
 			return o, nil
 		}
-		input.Secrets, input.Reveal = o.call.secrets, o.call.reveal
 	} else if ev.Type == events.TypeSubmitted {
 		checked, err := w.checkSubmission(b.View(), ev)
 		var ee *edgeError
@@ -440,12 +485,16 @@ func (w *Worker) tellClient(b *persistence.Batch, ev events.Event, seq uint64, c
 	return b.Publish(o)
 }
 
+// quiet reports an input whose effects a partition's previous owner has published.
+func (w *Worker) quiet(in inbound) bool { return in.seq <= w.published }
+
 // afterCommit answers the calls, dead-letters refusals, and carries the effects out.
 func (w *Worker) afterCommit(outs []outcome) {
 	kick := false
 	for _, o := range outs {
 		r := o.res.Ready
 		switch {
+		case w.quiet(o.in):
 		case o.refused != nil:
 			w.deadLetter(o.in, o.ev.ID, o.refused)
 			kick = kick || o.ev.Type == events.TypeSubmitted || strings.HasSuffix(o.in.subject, "."+string(events.TypeSubmitted)) // its client.rejected message
@@ -455,10 +504,15 @@ func (w *Worker) afterCommit(outs []outcome) {
 		case r.Duplicate:
 			w.metrics.duplicates.Inc()
 		default:
-			for _, g := range r.Generate {
-				w.gen.enqueue(g)
+			if w.caughtUp { // a partition catching up generates what is owed once it has caught up
+				for _, g := range r.Generate {
+					w.gen.enqueue(g)
+				}
 			}
 			kick = kick || len(r.Outbox) > 0
+		}
+		if len(r.Erase) > 0 && w.buckets != nil && o.res.Err == nil && o.refused == nil && !r.Duplicate {
+			w.eraseSecrets(r.Erase)
 		}
 		result := "applied"
 		switch {
@@ -467,16 +521,24 @@ func (w *Worker) afterCommit(outs []outcome) {
 		case r.Duplicate:
 			result = "duplicate"
 		}
-		w.log.Debug("input", "stream_seq", o.in.seq, "type", o.ev.Type, "pool", o.ev.Pool, "id", o.ev.ID, "result", result)
+		w.log.Debug("input", "stream_seq", o.in.seq, "type", o.ev.Type, "pool", o.ev.Pool, "id", o.ev.ID, "result", result, "quiet", w.quiet(o.in))
 		w.metrics.events.WithLabelValues(string(o.ev.Type), result).Inc()
 		w.metrics.stepSeconds.Observe(time.Since(o.in.at).Seconds())
 		if o.call != nil {
 			w.pending.finish(o.in.token, applied{res: o.res, err: o.refused})
 		}
 	}
-	w.appliedSeq.Store(outs[len(outs)-1].in.seq)
+	last := outs[len(outs)-1].in.seq
+	w.appliedSeq.Store(last)
 	if kick {
 		w.kickRelay()
+	}
+	if !w.caughtUp && last >= w.catchUp {
+		w.caughtUp = true
+		w.log.Info("partition caught up; generating and answering", "stream_seq", last)
+		if err := w.gen.resume(); err != nil {
+			w.log.Error("resuming generation", "err", err)
+		}
 	}
 }
 
@@ -497,7 +559,11 @@ func (w *Worker) decode(in inbound) (ev events.Event, internal bool, err error) 
 	if !slices.Contains(events.PublicTypes, ev.Type) {
 		return ev, false, &edgeError{code: CodeInternalType, reason: fmt.Sprintf("%q inputs are produced by the worker itself and are not accepted on %s", ev.Type, in.subject)}
 	}
-	if limit := w.cfg.Clock().Add(w.cfg.MaxSkew); ev.Time.After(limit) {
+	now := w.cfg.Clock()
+	if w.buckets != nil {
+		now = in.stored // every worker that applies the log must refuse the same inputs
+	}
+	if limit := now.Add(w.cfg.MaxSkew); ev.Time.After(limit) {
 		return ev, false, &edgeError{code: CodeFutureTime, reason: fmt.Sprintf("time %s is more than %v ahead of the worker's clock (%s); kpool's clock only moves forward, so it refuses far-future times", ev.Time.Format(time.RFC3339), w.cfg.MaxSkew, limit.Add(-w.cfg.MaxSkew).UTC().Format(time.RFC3339))}
 	}
 	return ev, false, nil

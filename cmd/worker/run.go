@@ -111,6 +111,9 @@ type runOptions struct {
 	startTimeout                                          string
 	retention, replicas, logLevel                         string
 	logJSON, newDatabase                                  bool
+	cluster                                               bool
+	partitions                                            int
+	workerID, leaseTTL                                    string
 	streams                                               natsbus.StreamOptions
 }
 
@@ -145,7 +148,11 @@ func runCmdFor(o *runOptions) *cobra.Command {
 	fs.Int64Var(&o.streams.EventsMaxBytes, "events-max-bytes", natsbus.DefaultStreamMaxBytes, "size limit of the inbound stream when kpool creates it; a full stream refuses publishes")
 	fs.Int64Var(&o.streams.EventsMaxPerSubject, "events-max-per-subject", natsbus.DefaultEventsMaxPerSubject, "each pool's budget per event type: messages kept per inbound subject; further publishes there are refused")
 	fs.Int64Var(&o.streams.OutboundMaxBytes, "outbound-max-bytes", natsbus.DefaultStreamMaxBytes, "size limit of the outbound stream (uploads, transitions, alerts, dead letters) when kpool creates it; the oldest go first")
-	fs.StringVar(&o.replicas, "replicas", envOr("KPOOL_REPLICAS", "1"), "replicas of the streams kpool creates (clusters) [KPOOL_REPLICAS]")
+	fs.StringVar(&o.replicas, "replicas", envOr("KPOOL_REPLICAS", "auto"), "replicas of the streams and buckets kpool creates: auto is 3 with --cluster and --nats-url, else 1 [KPOOL_REPLICAS]")
+	fs.BoolVar(&o.cluster, "cluster", envOr("KPOOL_CLUSTER", "") != "", "run as one of several workers sharing the NATS cluster: pools spread over --partitions, each owned by one worker at a time (docs/scale-out.md) [KPOOL_CLUSTER]")
+	fs.IntVar(&o.partitions, "partitions", events.DefaultPartitions, "with --cluster: number of partitions P, fixed per deployment")
+	fs.StringVar(&o.workerID, "worker-id", envOr("KPOOL_WORKER_ID", ""), "with --cluster: this worker's name among the others (default: host name and a random suffix) [KPOOL_WORKER_ID]")
+	fs.StringVar(&o.leaseTTL, "lease-ttl", envOr("KPOOL_LEASE_TTL", "5s"), "with --cluster: a stopped worker's partitions move to the others after about this long [KPOOL_LEASE_TTL]")
 	fs.StringVar(&o.startTimeout, "start-timeout", envOr("KPOOL_START_TIMEOUT", "30s"), "how long start-up keeps trying to reach --nats-url before giving up [KPOOL_START_TIMEOUT]")
 	fs.StringVar(&o.logLevel, "log-level", envOr("KPOOL_LOG_LEVEL", "info"), "debug, info, warn or error [KPOOL_LOG_LEVEL]")
 	fs.BoolVar(&o.logJSON, "log-json", envOr("KPOOL_LOG_JSON", "") != "", "log JSON instead of text [KPOOL_LOG_JSON]")
@@ -174,9 +181,15 @@ func (o *runOptions) workerConfig(stderr io.Writer) (worker.Config, error) {
 	if retention == 0 {
 		retention = worker.KeepJournal // the flag's 0 is "forever"; the Config's 0 is the default
 	}
-	replicas, err := strconv.Atoi(o.replicas)
-	if err != nil || replicas < 1 || replicas > 5 {
-		return worker.Config{}, usagef("--replicas %q: a number from 1 to 5", o.replicas)
+	replicas := 0 // auto
+	if o.replicas != "auto" {
+		if replicas, err = strconv.Atoi(o.replicas); err != nil || replicas < 1 || replicas > 5 {
+			return worker.Config{}, usagef("--replicas %q: auto or a number from 1 to 5", o.replicas)
+		}
+	}
+	leaseTTL, err := time.ParseDuration(o.leaseTTL)
+	if err != nil {
+		return worker.Config{}, usagef("--lease-ttl %q: %w", o.leaseTTL, err)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
@@ -192,6 +205,9 @@ func (o *runOptions) workerConfig(stderr io.Writer) (worker.Config, error) {
 		Tick: tick, MaxSkew: maxSkew, MetricsAddr: o.metrics, Logger: logger, JournalRetention: retention,
 		Streams: o.streams, StartTimeout: startTimeout}
 	cfg.Streams.Replicas = replicas
+	if o.cluster {
+		cfg.Cluster = worker.ClusterConfig{Enabled: true, Partitions: o.partitions, WorkerID: o.workerID, LeaseTTL: leaseTTL, Replicas: replicas}
+	}
 	if cfg.NATSOptions, err = cf.options(); err != nil {
 		return worker.Config{}, usageError{err}
 	}

@@ -61,6 +61,10 @@ type StreamOptions struct {
 	OutboundMaxBytes int64
 	// Replicas for clustered deployments (default 1).
 	Replicas int
+	// Partitions spreads the inbound stream over this many partitions with a subject
+	// transform (scale-out; 0 or 1: none). It is fixed per deployment: EnsureStreams
+	// refuses to change it (docs/scale-out.md, "Changing P").
+	Partitions int
 }
 
 // Stream limit defaults (docs/events.md, "Limits").
@@ -114,6 +118,7 @@ func StreamConfigs(s events.Subjects, o StreamOptions) []jetstream.StreamConfig 
 			DiscardNewPerSubject: true,
 			Duplicates:           o.DuplicateWindow,
 			Replicas:             o.Replicas,
+			SubjectTransform:     partitionTransform(s, o.Partitions),
 		},
 		{
 			// One message per subject: a new subscriber gets each pool's current status at once.
@@ -170,6 +175,9 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, s events.Subject
 			_, err = js.CreateStream(ctx, cfg)
 		case err == nil:
 			existing := st.CachedInfo().Config
+			if err := samePartitions(existing, cfg); err != nil {
+				return err
+			}
 			if missing := missingSubjects(existing.Subjects, cfg.Subjects); len(missing) > 0 {
 				existing.Subjects = append(existing.Subjects, missing...)
 				_, err = js.UpdateStream(ctx, existing)
@@ -181,6 +189,34 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, s events.Subject
 		if err != nil {
 			return fmt.Errorf("natsbus: stream %s: %w", cfg.Name, err)
 		}
+	}
+	return nil
+}
+
+func partitionTransform(s events.Subjects, n int) *jetstream.SubjectTransformConfig {
+	if n <= 1 {
+		return nil
+	}
+	src, dest := s.PartitionTransform(n)
+	return &jetstream.SubjectTransformConfig{Source: src, Destination: dest}
+}
+
+// ErrPartitionsChanged means the inbound stream is partitioned differently from what the
+// worker was started with.
+var ErrPartitionsChanged = errors.New("natsbus: the inbound stream's partitions differ from the worker's")
+
+// samePartitions refuses a start whose partition count differs from the stream's: pools
+// would move to other partitions while their state stays behind.
+func samePartitions(have, want jetstream.StreamConfig) error {
+	h, w := "none", "none"
+	if have.SubjectTransform != nil {
+		h = have.SubjectTransform.Destination
+	}
+	if want.SubjectTransform != nil {
+		w = want.SubjectTransform.Destination
+	}
+	if h != w && (have.SubjectTransform != nil || want.SubjectTransform != nil) && have.Name == want.Name {
+		return fmt.Errorf("%w: stream %s transforms to %q, the worker wants %q; changing the number of partitions is an offline procedure (docs/scale-out.md)", ErrPartitionsChanged, have.Name, h, w)
 	}
 	return nil
 }

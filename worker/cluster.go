@@ -1,0 +1,366 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/events/natsbus"
+	"github.com/kpool/kpool/persistence"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// In cluster mode (docs/scale-out.md) NATS spreads pools over P partitions with the
+// inbound stream's subject transform, and each partition is owned by one worker at a
+// time through a lease in the owners bucket: a key p.<n> created (only if absent) with
+// the worker's id and renewed with a revision check; the bucket forgets a key LeaseTTL
+// after its last write, so the partitions of a worker that stopped renewing are taken by
+// the others. The partition's input stream is the log of record: the owner's bbolt file
+// is a view it rebuilds from the log, and private keys are in the replicated keys bucket
+// before the input that offers them is published.
+
+// cluster is the ownership loop of a top-level worker in cluster mode.
+type cluster struct {
+	w   *Worker
+	id  string
+	n   int
+	ttl time.Duration
+	b   natsbus.ClusterBuckets
+
+	mu    sync.Mutex
+	owned map[int]*lease
+}
+
+// lease is one owned partition: its engine and the revision of its lease key.
+type lease struct {
+	e    *Worker
+	rev  uint64
+	ckpt uint64 // last checkpoint written
+}
+
+func partKey(p int) string { return "p." + strconv.Itoa(p) }
+
+// startCluster checks the master key against the cluster's, then starts owning
+// partitions. Partitions are taken by the ownership loop, not before Start returns.
+func (w *Worker) startCluster(ctx context.Context) error {
+	cc := w.cfg.Cluster
+	b, err := natsbus.EnsureBuckets(ctx, w.js, w.cfg.Prefix, w.cfg.Streams.Replicas, cc.LeaseTTL)
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	if err := w.checkClusterKey(ctx, b.Checkpoints); err != nil {
+		return err
+	}
+	w.buckets = &b
+	w.log = w.log.With("worker", cc.WorkerID)
+	w.cluster = &cluster{w: w, id: cc.WorkerID, n: cc.Partitions, ttl: cc.LeaseTTL, b: b, owned: map[int]*lease{}}
+	w.ready.Store(true)
+	w.loops.Add(1)
+	go w.cluster.loop()
+	w.log.Info("cluster mode", "worker", cc.WorkerID, "partitions", cc.Partitions, "lease_ttl", cc.LeaseTTL, "replicas", w.cfg.Streams.Replicas)
+	return nil
+}
+
+// ErrClusterKey means the worker's master key is not the one the cluster's records are
+// sealed under.
+var ErrClusterKey = errors.New("worker: the master key differs from the cluster's")
+
+// checkClusterKey records the master key's check value in the cluster on the first
+// start and refuses a worker whose key differs: what it sealed no other worker could open.
+func (w *Worker) checkClusterKey(ctx context.Context, kv jetstream.KeyValue) error {
+	check, err := persistence.KeyCheck(w.cfg.KeyFile, true)
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	if _, err := kv.Create(ctx, "key", []byte(check)); err == nil || !errors.Is(err, jetstream.ErrKeyExists) {
+		return err
+	}
+	e, err := kv.Get(ctx, "key")
+	if err != nil {
+		return fmt.Errorf("worker: reading the cluster's key check: %w", err)
+	}
+	if string(e.Value()) != check {
+		return fmt.Errorf("%w: %s is not the key the other workers use; copy theirs (docs/scale-out.md)", ErrClusterKey, w.cfg.KeyFile)
+	}
+	return nil
+}
+
+func (c *cluster) loop() {
+	defer c.w.loops.Done()
+	t := time.NewTicker(c.ttl / 5)
+	defer t.Stop()
+	for {
+		c.balance()
+		select {
+		case <-c.w.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// balance renews the leases held, gives up what is over this worker's share and takes
+// free partitions up to it.
+func (c *cluster) balance() {
+	ctx, cancel := context.WithTimeout(c.w.ctx, c.ttl/2)
+	defer cancel()
+	if _, err := c.b.Owners.Put(ctx, "w."+c.id, []byte(c.w.cfg.Clock().UTC().Format(time.RFC3339Nano))); err != nil {
+		c.w.log.Warn("cluster heartbeat failed", "err", err)
+	}
+	c.renew(ctx)
+	live, err := c.liveWorkers(ctx)
+	i := slices.Index(live, c.id)
+	if err != nil || i < 0 {
+		c.w.log.Warn("listing the cluster's workers failed", "err", err)
+		return
+	}
+	// Quotas by rank among the live workers add up to P exactly: n/live each, one more
+	// for the first n%live.
+	share := c.n / len(live)
+	if i < c.n%len(live) {
+		share++
+	}
+	owned := c.ownedParts()
+	for len(owned) > share {
+		p := owned[len(owned)-1]
+		owned = owned[:len(owned)-1]
+		c.release(p)
+	}
+	for i := 0; i < c.n && len(owned) < share && c.w.ctx.Err() == nil; i++ {
+		p := (events.PartitionOf(c.id, c.n) + i) % c.n // workers start their search apart
+		if slices.Contains(owned, p) {
+			continue
+		}
+		start := time.Now()
+		rev, err := c.b.Owners.Create(ctx, partKey(p), []byte(c.id))
+		if err != nil {
+			continue // owned by another worker (or NATS is unreachable)
+		}
+		if err := c.acquire(ctx, p, rev, start); err != nil {
+			c.w.log.Error("taking a partition failed; giving it back", "partition", p, "err", err)
+			_ = c.b.Owners.Delete(ctx, partKey(p), jetstream.LastRevision(rev))
+			continue
+		}
+		owned = append(owned, p)
+	}
+}
+
+// renew extends each lease; a lease that another worker holds now, or that ran out
+// while NATS was unreachable, is dropped at once.
+func (c *cluster) renew(ctx context.Context) {
+	for _, p := range c.ownedParts() {
+		l := c.get(p)
+		start := time.Now()
+		rev, err := c.b.Owners.Update(ctx, partKey(p), []byte(c.id), l.rev)
+		switch {
+		case err == nil:
+			l.rev = rev
+			l.e.leaseUntil.Store(start.Add(c.safeTTL()).UnixNano())
+			if d := l.e.drained.Load(); d > l.ckpt {
+				if _, err := c.b.Checkpoints.Put(ctx, partKey(p), []byte(strconv.FormatUint(d, 10))); err == nil {
+					l.ckpt = d
+				}
+			}
+		case errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyNotFound) || time.Now().UnixNano() > l.e.leaseUntil.Load():
+			c.w.log.Warn("partition lease lost; stopping it", "partition", p, "err", err)
+			c.drop(p, false)
+		default:
+			c.w.log.Warn("partition lease not renewed; retrying", "partition", p, "err", err)
+		}
+	}
+}
+
+// safeTTL is how long after a renewal started the worker still acts as owner: short of
+// the server's expiry, which counts from when the renewal was stored.
+func (c *cluster) safeTTL() time.Duration { return c.ttl - c.ttl/5 }
+
+// liveWorkers lists the ids of the workers whose heartbeat is current, sorted.
+func (c *cluster) liveWorkers(ctx context.Context) ([]string, error) {
+	l, err := c.b.Owners.ListKeysFiltered(ctx, "w.*")
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for k := range l.Keys() {
+		ids = append(ids, strings.TrimPrefix(k, "w."))
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+func (c *cluster) ownedParts() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ps := make([]int, 0, len(c.owned))
+	for p := range c.owned {
+		ps = append(ps, p)
+	}
+	slices.Sort(ps)
+	return ps
+}
+
+func (c *cluster) get(p int) *lease {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.owned[p]
+}
+
+// engine is the running engine of partition p, or nil when another worker owns it.
+func (c *cluster) engine(p int) *Worker {
+	if l := c.get(p); l != nil && l.e.leaseValid() && !l.e.releasing.Load() {
+		return l.e
+	}
+	return nil
+}
+
+// acquire starts the engine of a partition just leased: it catches up from its local
+// view (or from the start of the log) before it generates or answers.
+func (c *cluster) acquire(ctx context.Context, p int, rev uint64, leased time.Time) error {
+	published := uint64(0)
+	switch e, err := c.b.Checkpoints.Get(ctx, partKey(p)); {
+	case err == nil:
+		published, _ = strconv.ParseUint(string(e.Value()), 10, 64)
+	case !errors.Is(err, jetstream.ErrKeyNotFound):
+		return err
+	}
+	st, err := c.w.js.Stream(ctx, c.w.streams.Events)
+	if err != nil {
+		return err
+	}
+	e := c.w.newEngine(p)
+	e.leaseUntil.Store(leased.Add(c.safeTTL()).UnixNano())
+	e.published, e.catchUp = published, st.CachedInfo().State.LastSeq
+	dir := filepath.Join(c.w.cfg.DataDir, "partitions", fmt.Sprintf("%04d", p))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	// A missing file is normal here: the partition's view is rebuilt from the log.
+	if err := e.openStore(filepath.Join(dir, "kpool.db"), true); err != nil {
+		return err
+	}
+	if err := e.startInputs(ctx); err != nil {
+		_ = e.stopInputs(false)
+		return err
+	}
+	if err := e.serveRoute(); err != nil {
+		_ = e.stopInputs(false)
+		return err
+	}
+	c.mu.Lock()
+	c.owned[p] = &lease{e: e, rev: rev, ckpt: published}
+	c.mu.Unlock()
+	c.w.log.Info("partition taken", "partition", p, "applied", e.appliedSeq.Load(), "catch_up_to", e.catchUp, "published_through", published)
+	return nil
+}
+
+// release hands a partition over: its engine publishes what is pending, the checkpoint
+// is written, and the lease is deleted so that another worker takes it at once.
+func (c *cluster) release(p int) {
+	l := c.drop(p, true)
+	if l == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.ttl)
+	defer cancel()
+	if d := l.e.drained.Load(); d > l.ckpt {
+		_, _ = c.b.Checkpoints.Put(ctx, partKey(p), []byte(strconv.FormatUint(d, 10)))
+	}
+	if err := c.b.Owners.Delete(ctx, partKey(p), jetstream.LastRevision(l.rev)); err != nil {
+		c.w.log.Warn("partition lease not deleted; it expires", "partition", p, "err", err)
+	}
+	c.w.log.Info("partition released", "partition", p)
+}
+
+// drop stops a partition's engine; flush publishes its outbox first (a release, not a
+// lost lease).
+func (c *cluster) drop(p int, flush bool) *lease {
+	l := c.get(p)
+	if l == nil {
+		return nil
+	}
+	l.e.releasing.Store(true) // new calls go to the next owner
+	if l.e.route != nil {
+		_ = l.e.route.Unsubscribe()
+	}
+	if flush { // the calls under way finish here (their inputs are in the log already)
+		for deadline := time.Now().Add(5 * time.Second); l.e.pending.size() > 0 && time.Now().Before(deadline) && l.e.leaseValid(); {
+			time.Sleep(20 * time.Millisecond) // polling interval
+		}
+	}
+	c.mu.Lock()
+	delete(c.owned, p)
+	c.mu.Unlock()
+	if err := l.e.stopInputs(flush); err != nil {
+		c.w.log.Warn("stopping a partition", "partition", p, "err", err)
+	}
+	return l
+}
+
+// leave releases every partition (a graceful stop) and the worker's heartbeat.
+func (c *cluster) leave() {
+	c.w.stop() // the ownership loop takes nothing more
+	c.w.loops.Wait()
+	for _, p := range c.ownedParts() {
+		c.release(p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.ttl)
+	defer cancel()
+	_ = c.b.Owners.Delete(ctx, "w."+c.id)
+}
+
+// newEngine makes the engine of partition p: a Worker with its own input sequence and
+// store that shares the top level's connection, core and metrics.
+func (w *Worker) newEngine(p int) *Worker {
+	e := &Worker{
+		cfg: w.cfg, log: w.log.With("partition", p), subj: w.subj, streams: w.streams,
+		nc: w.nc, js: w.js, core: w.core, metrics: w.metrics, buckets: w.buckets,
+		relayKick: make(chan struct{}, 1), inputs: make(chan inbound, w.cfg.Batch),
+		part: p, filters: w.subj.PartitionFilters(p), msgIDPrefix: "p" + strconv.Itoa(p) + ":",
+	}
+	e.step = e.stepFunc()
+	e.ctx, e.stop = context.WithCancel(context.Background()) // stopped by drop, not by the top level
+	return e
+}
+
+// leaseValid reports whether the engine may still act as its partition's owner.
+func (w *Worker) leaseValid() bool {
+	return w.part < 0 || time.Now().UnixNano() < w.leaseUntil.Load()
+}
+
+// Partitions lists the partitions this worker owns now (cluster mode).
+func (w *Worker) Partitions() []int {
+	if w.cluster == nil {
+		return nil
+	}
+	return w.cluster.ownedParts()
+}
+
+// PartitionStore is the store of an owned partition (tests, inspection), nil if not owned.
+func (w *Worker) PartitionStore(p int) *persistence.Store {
+	if w.cluster == nil {
+		return nil
+	}
+	if l := w.cluster.get(p); l != nil {
+		return l.e.store
+	}
+	return nil
+}
+
+// PartitionApplied is the stream sequence an owned partition has applied through.
+func (w *Worker) PartitionApplied(p int) (uint64, bool) {
+	if w.cluster == nil {
+		return 0, false
+	}
+	if l := w.cluster.get(p); l != nil {
+		return l.e.appliedSeq.Load(), true
+	}
+	return 0, false
+}

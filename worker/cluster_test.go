@@ -1,0 +1,428 @@
+package worker_test
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"maps"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kpool/kpool/events"
+	"github.com/kpool/kpool/events/natsbus"
+	"github.com/kpool/kpool/pool"
+	"github.com/kpool/kpool/worker"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// natsCluster is n in-process nats-servers routed to each other on loopback ports, with
+// JetStream clustered (R3 streams and buckets).
+type natsCluster struct {
+	t     *testing.T
+	nodes []*server.Server
+	opts  []*server.Options
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func startNATSCluster(t *testing.T, n int) *natsCluster {
+	t.Helper()
+	c := &natsCluster{t: t}
+	ports := make([]int, n)
+	for i := range ports {
+		ports[i] = freePort(t)
+	}
+	for i := range n {
+		var routes []string
+		for j, p := range ports {
+			if j != i {
+				routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", p))
+			}
+		}
+		o := &server.Options{
+			ServerName: fmt.Sprintf("n%d", i+1), Host: "127.0.0.1", Port: freePort(t),
+			JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true,
+			Cluster: server.ClusterOpts{Name: "kpool", Host: "127.0.0.1", Port: ports[i]},
+			Routes:  server.RoutesFromStr(strings.Join(routes, ",")),
+		}
+		c.opts = append(c.opts, o)
+	}
+	for i := range n {
+		c.nodes = append(c.nodes, nil)
+		c.start(i)
+	}
+	t.Cleanup(c.Shutdown)
+	// JetStream answers once the nodes have elected a meta leader.
+	nc, err := nats.Connect(c.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	eventually(t, 30*time.Second, "a JetStream meta leader", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := js.AccountInfo(ctx)
+		return err == nil
+	})
+	return c
+}
+
+func (c *natsCluster) start(i int) {
+	ns, err := server.NewServer(c.opts[i])
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		c.t.Fatalf("nats node %d did not start", i+1)
+	}
+	c.nodes[i] = ns
+}
+
+// Kill stops node i abruptly (its store stays for a restart).
+func (c *natsCluster) Kill(i int) {
+	if ns := c.nodes[i]; ns != nil {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		c.nodes[i] = nil
+	}
+}
+
+func (c *natsCluster) Shutdown() {
+	for i := range c.nodes {
+		c.Kill(i)
+	}
+}
+
+// URL lists every node's client URL, as a worker of a real deployment would.
+func (c *natsCluster) URL() string {
+	var urls []string
+	for _, o := range c.opts {
+		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", o.Port))
+	}
+	return strings.Join(urls, ",")
+}
+
+// startClusterWorker starts a worker in cluster mode sharing keyFile with the others.
+func startClusterWorker(t *testing.T, url, keyFile, id string, clock *testClock, mod ...func(*worker.Config)) *worker.Worker {
+	t.Helper()
+	return startWorker(t, url, t.TempDir(), clock, append([]func(*worker.Config){func(c *worker.Config) {
+		c.KeyFile = keyFile
+		c.Cluster = worker.ClusterConfig{Enabled: true, WorkerID: id, LeaseTTL: 3 * time.Second}
+	}}, mod...)...)
+}
+
+// owners maps each partition to the index of the worker that owns it; every partition
+// must be owned exactly once for ok.
+func owners(ws []*worker.Worker, n int) (map[int]int, bool) {
+	m := map[int]int{}
+	for i, w := range ws {
+		if w == nil {
+			continue
+		}
+		for _, p := range w.Partitions() {
+			if _, dup := m[p]; dup {
+				return m, false
+			}
+			m[p] = i
+		}
+	}
+	return m, len(m) == n
+}
+
+// balanced waits until every partition is owned once and the live workers share them
+// evenly (each holds at most ⌈16/n⌉, so none is left to take).
+func balanced(t *testing.T, ws []*worker.Worker) {
+	t.Helper()
+	eventually(t, 30*time.Second, "16 partitions owned once each, spread evenly", func() bool {
+		if _, ok := owners(ws, 16); !ok {
+			return false
+		}
+		live := 0
+		for _, w := range ws {
+			if w != nil {
+				live++
+			}
+		}
+		share := (16 + live - 1) / live
+		for _, w := range ws {
+			if w != nil && (len(w.Partitions()) > share || len(w.Partitions()) < 16/live) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestClusterOfOne: one worker in cluster mode on one server owns all 16 partitions and
+// does what a single worker does — register, fill, take — through the partitions.
+func TestClusterOfOne(t *testing.T) {
+	ns := startNATS(t)
+	clock := newClock()
+	w := startClusterWorker(t, ns.URL(), filepath.Join(t.TempDir(), "kpool.key"), "solo", clock)
+	eventually(t, 20*time.Second, "16 partitions owned", func() bool { _, ok := owners([]*worker.Worker{w}, 16); return ok })
+	_, c := connect(t, ns.URL())
+	ds := startDS(t, c, true)
+	pools := []string{"alice", "bob", "carol", "dave"}
+	for _, p := range pools {
+		if _, err := c.Register(ctx(t), p, natsbus.RegisterRequest{Identity: p, CipherSuite: 1}, nil); err != nil {
+			t.Fatalf("register %s: %v", p, err)
+		}
+	}
+	eventually(t, 30*time.Second, "pools filled", func() bool {
+		for _, p := range pools {
+			st, err := c.Status(ctx(t), p)
+			if err != nil || st.Counts.Available < 10 {
+				return false
+			}
+		}
+		return true
+	})
+	list, err := c.List(ctx(t))
+	if err != nil || len(list) != len(pools) {
+		t.Fatalf("list: %d pools, %v", len(list), err)
+	}
+	ref := ds.refs("alice", false)[0]
+	if _, err := c.Take(ctx(t), "alice", ref, 1); err != nil {
+		t.Fatalf("take: %v", err)
+	}
+	if _, err := c.Take(ctx(t), "alice", ref, 1); err == nil {
+		t.Fatal("second take of the same KeyPackage succeeded")
+	}
+}
+
+var clusterPools = flag.Int("cluster-pools", 1000, "pools in TestCluster")
+
+func smallPools() *pool.Config {
+	c := pool.DefaultConfig()
+	c.Target, c.LowWatermark, c.HardCap = 2, 1, 4
+	return &c
+}
+
+// clusterLoad is the test's view of what it asked for: pools, and the claims it published.
+type clusterLoad struct {
+	t       *testing.T
+	c       *natsbus.Client
+	ds      *deliveryService
+	pools   []string
+	mu      sync.Mutex
+	claimed map[string]string // ref → pool
+}
+
+func (l *clusterLoad) each(fn func(p string) error) {
+	l.t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(l.pools))
+	sem := make(chan struct{}, 16)
+	for _, p := range l.pools {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := fn(p); err != nil {
+				errs <- fmt.Errorf("pool %s: %w", p, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		l.t.Fatal(err)
+	}
+}
+
+// claimOne publishes a claim of one more offered KeyPackage of each pool in pools.
+func (l *clusterLoad) claimOne(pools []string) {
+	l.t.Helper()
+	for _, p := range pools {
+		l.mu.Lock()
+		ref := ""
+		for _, r := range l.ds.refs(p, false) {
+			if _, done := l.claimed[r]; !done {
+				ref = r
+				break
+			}
+		}
+		if ref != "" {
+			l.claimed[ref] = p
+		}
+		l.mu.Unlock()
+		if ref == "" {
+			l.t.Fatalf("pool %s: no offered KeyPackage left to claim", p)
+		}
+		if err := l.c.Claimed(ctx(l.t), p, ref); err != nil {
+			l.t.Fatalf("claim %s/%s: %v", p, ref, err)
+		}
+	}
+}
+
+// check waits until every pool's counts are what the claims made of them and every claim
+// took effect exactly once: one transition to claimed in the outbound stream.
+func (l *clusterLoad) check(t *testing.T, js jetstream.JetStream, within time.Duration) {
+	t.Helper()
+	perPool := map[string]int{}
+	l.mu.Lock()
+	claimed := maps.Clone(l.claimed)
+	l.mu.Unlock()
+	for _, p := range claimed {
+		perPool[p]++
+	}
+	bad := "not checked"
+	deadline := time.Now().Add(within)
+	for !func() bool {
+		list, err := l.c.List(ctx(t))
+		if err != nil || len(list) != len(l.pools) {
+			bad = fmt.Sprintf("list: %d pools, %v", len(list), err)
+			return false
+		}
+		for _, st := range list {
+			c := st.Counts
+			if c.Claimed != perPool[st.Pool] || c.Available < 1 || c.Created != 0 || c.Available+c.Claimed > st.HardCap {
+				bad = fmt.Sprintf("pool %s: %+v after %d claims", st.Pool, c, perPool[st.Pool])
+				return false
+			}
+		}
+		n := transitionsTo(t, js, "claimed")
+		for ref, p := range claimed {
+			if n[ref] != 1 {
+				bad = fmt.Sprintf("KeyPackage %s of pool %s: %d transitions to claimed, want exactly 1", ref, p, n[ref])
+				return false
+			}
+		}
+		if len(n) != len(claimed) {
+			bad = fmt.Sprintf("%d KeyPackages went to claimed, %d were claimed", len(n), len(claimed))
+			return false
+		}
+		return true
+	}() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", within, bad)
+		}
+		time.Sleep(200 * time.Millisecond) // polling interval
+	}
+}
+
+// transitionsTo counts, per ref, the transitions to state in the outbound stream.
+func transitionsTo(t *testing.T, js jetstream.JetStream, state string) map[string]int {
+	t.Helper()
+	cons, err := js.OrderedConsumer(ctx(t), "KPOOL_OUTBOUND", jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.Subjects{Prefix: "kpool"}.Outbound(events.KindTransition, "*")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := map[string]int{}
+	for left := info.NumPending; left > 0; {
+		batch, err := cons.Fetch(int(min(left, 1000)), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := uint64(0)
+		for m := range batch.Messages() {
+			got++
+			var tr events.Transition
+			if err := json.Unmarshal(m.Data(), &tr); err != nil {
+				t.Fatal(err)
+			}
+			if tr.To == state {
+				n[tr.Ref]++
+			}
+		}
+		if got == 0 {
+			t.Fatalf("outbound stream: %d transitions not delivered", left)
+		}
+		left -= got
+	}
+	return n
+}
+
+// TestCluster: three NATS nodes (R3) and three workers over 1 000 pools. An owner dies
+// abruptly under load, then a NATS node; a fourth worker joins; a worker loses its data
+// directory. After each, every pool's counts and every claim's single effect are checked,
+// and a take of a KeyPackage a dead worker offered succeeds once.
+func TestCluster(t *testing.T) {
+	nc3 := startNATSCluster(t, 3)
+	url := nc3.URL()
+	clock := newClock()
+	keyFile := filepath.Join(t.TempDir(), "kpool.key")
+	mod := func(c *worker.Config) { c.Defaults = smallPools() }
+	ws := []*worker.Worker{
+		startClusterWorker(t, url, keyFile, "w1", clock, mod),
+		startClusterWorker(t, url, keyFile, "w2", clock, mod),
+		startClusterWorker(t, url, keyFile, "w3", clock, mod),
+	}
+	balanced(t, ws)
+	nc, c := connect(t, url)
+	js, _ := jetstream.New(nc)
+	l := &clusterLoad{t: t, c: c, ds: startDS(t, c, true), claimed: map[string]string{}}
+	for i := range *clusterPools {
+		l.pools = append(l.pools, fmt.Sprintf("pool-%04d", i))
+	}
+	start := time.Now()
+	l.each(func(p string) error {
+		_, err := c.Register(ctx(t), p, natsbus.RegisterRequest{Identity: p, CipherSuite: 1}, nil)
+		return err
+	})
+	l.check(t, js, 120*time.Second)
+	t.Logf("%d pools registered and filled in %v", len(l.pools), time.Since(start).Round(time.Millisecond))
+
+	t.Run("owner killed", func(t *testing.T) {
+		own, _ := owners(ws, 16)
+		victim := own[events.PartitionOf(l.pools[0], 16)]
+		var offered []string // pools of the victim's partitions
+		for _, p := range l.pools {
+			if own[events.PartitionOf(p, 16)] == victim {
+				offered = append(offered, p)
+			}
+		}
+		done := make(chan struct{})
+		go func() { defer close(done); l.claimOne(l.pools[:len(l.pools)/2]) }()
+		ws[victim].Kill()
+		killed := time.Now()
+		ws[victim] = nil
+		eventually(t, 15*time.Second, "the dead worker's partitions owned by the others", func() bool { _, ok := owners(ws, 16); return ok })
+		failover := time.Since(killed)
+		t.Logf("failover: partitions owned again %v after the kill (lease TTL 3s)", failover.Round(time.Millisecond))
+		if failover > 10*time.Second {
+			t.Errorf("failover took %v, want < 10s", failover)
+		}
+		<-done
+		l.check(t, js, 60*time.Second)
+		// A KeyPackage the dead worker offered is taken once, from the new owner.
+		p := offered[len(offered)-1]
+		ref := ""
+		for _, r := range l.ds.refs(p, false) {
+			if _, claimed := l.claimed[r]; !claimed {
+				ref = r
+			}
+		}
+		if _, err := c.Take(ctx(t), p, ref, 1); err != nil {
+			t.Fatalf("take %s/%s after failover: %v", p, ref, err)
+		}
+		if _, err := c.Take(ctx(t), p, ref, 1); err == nil || !strings.Contains(err.Error(), "deleted") {
+			t.Logf("%v", err)
+			t.Fatalf("second take of %s/%s: %v, want a refusal", p, ref, err)
+		}
+		l.mu.Lock()
+		l.claimed[ref] = p // taken: counted like a claim from here on (it left the pool)
+		l.mu.Unlock()
+	})
+}
