@@ -60,15 +60,15 @@ type Worker struct {
 	// Cluster mode (cluster.go). The top-level worker owns no store: every partition it
 	// holds the lease of runs as an engine, a Worker of its own (store, reader, writer,
 	// relay, generator) that shares the top level's connection, core and metrics.
-	cluster     *cluster     // top level in cluster mode
+	cluster     *cluster // top level in cluster mode
 	buckets     *natsbus.ClusterBuckets
-	part        int          // an engine's partition; -1 for the single worker
-	filters     []string     // the stored subjects the reader follows
-	msgIDPrefix string       // outbound Nats-Msg-Ids: partitions share the outbound streams
-	leaseUntil  atomic.Int64 // an engine's lease ends then (unix nanoseconds, local clock)
-	published   uint64       // effects of inputs up to it are out already (previous owner)
-	catchUp     uint64       // the stream's last sequence when the engine took its partition
-	caughtUp    bool         // writer goroutine only
+	part        int           // an engine's partition; -1 for the single worker
+	filters     []string      // the stored subjects the reader follows
+	msgIDPrefix string        // outbound Nats-Msg-Ids: partitions share the outbound streams
+	leaseUntil  atomic.Int64  // an engine's lease ends then (unix nanoseconds, local clock)
+	published   uint64        // effects of inputs up to it are out already (previous owner)
+	catchUp     uint64        // the stream's last sequence when the engine took its partition
+	caughtUp    bool          // writer goroutine only
 	drained     atomic.Uint64 // every effect of inputs up to it has been published
 	route       *nats.Subscription
 	releasing   atomic.Bool // an engine handing its partition over takes no new calls
