@@ -2,6 +2,7 @@ package persistence
 
 import (
 	"encoding/json"
+	"slices"
 	"fmt"
 
 	"github.com/kpool/kpool/events"
@@ -57,6 +58,7 @@ func (v *txView) validate(in Input, r pool.Ready, allowMissing bool) error {
 			continue
 		}
 		_, given := in.Secrets[kp.Ref]
+		given = given || slices.Contains(in.Erased, kp.Ref)
 		if erased[kp.Ref] || (!given && !v.hasSecret(kp.Ref)) {
 			return &InputError{EventID: in.Event.ID, Ref: kp.Ref, Err: ErrMissingSecret,
 				Reason: fmt.Sprintf("KeyPackage would be %s without stored private keys", kp.State)}
@@ -110,6 +112,11 @@ func checkKeys(in Input, r pool.Ready) error {
 // Order matters: secrets first, so that an erasure in the same Ready wins; index deletes
 // before puts, so a moved entry ends up present.
 func (v *txView) record(seal *sealer, in Input, r pool.Ready) error {
+	for _, id := range in.Erased {
+		if err := v.secrets.Put([]byte(id), erasedMarker); err != nil {
+			return err
+		}
+	}
 	for id, plain := range in.Secrets {
 		sealed, err := seal.seal([]byte(id), plain)
 		if err != nil {

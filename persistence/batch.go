@@ -23,10 +23,11 @@ type Input struct {
 	// step's erasures are written, and returned in Result.Revealed. Only a step that
 	// consumes that ref may reveal it.
 	Reveal string
-	// SecretsErased lets this input store live KeyPackages without private keys: in a
-	// cluster, a worker rebuilding a partition from its log finds erased the keys of
-	// KeyPackages that a later input of the same log takes or deletes.
-	SecretsErased bool
+	// Erased names private material this input stores that the cluster has erased
+	// already: a worker rebuilding a partition from its log finds gone the keys of
+	// KeyPackages that a later input of the same log takes or deletes. The store keeps
+	// a marker in their place, which counts as stored keys but reveals nothing.
+	Erased []string
 }
 
 // Result of one applied (or rejected) input.
@@ -94,7 +95,7 @@ func (b *Batch) apply(step StepFunc, in Input) (res Result, err error) {
 		// Never reveal on a duplicate: the original input did whatever revealing it did.
 		return res, nil
 	}
-	if verr := b.v.validate(in, r, b.allowMissing || in.SecretsErased); verr != nil {
+	if verr := b.v.validate(in, r, b.allowMissing); verr != nil {
 		if isVerdict(verr) {
 			return Result{Err: verr}, nil
 		}

@@ -165,6 +165,9 @@ func (s *Store) secretFrom(sealed []byte, id string) ([]byte, error) {
 	if sealed == nil {
 		return nil, &SecretError{ID: id, Err: ErrNotFound}
 	}
+	if erasedInCluster(sealed) {
+		return nil, &SecretError{ID: id, Err: ErrErasedInCluster}
+	}
 	plain, err := s.seal.open([]byte(id), sealed)
 	if err != nil {
 		return nil, &SecretError{ID: id, Err: ErrCorruptSecret}

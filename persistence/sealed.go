@@ -1,6 +1,7 @@
 package persistence
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -40,3 +41,13 @@ func KeyCheck(path string, create bool) (string, error) {
 	m.Write([]byte("kpool cluster key check v1"))
 	return hex.EncodeToString(m.Sum(nil)[:16]), nil
 }
+
+// erasedMarker stands in the secrets bucket for keys the cluster erased before this view
+// applied the input that stores them (Input.Erased). Shorter than any sealed value.
+var erasedMarker = []byte("erased-in-cluster")
+
+func erasedInCluster(sealed []byte) bool { return bytes.Equal(sealed, erasedMarker) }
+
+// ErrErasedInCluster: the keys were erased by the cluster; a later input of the
+// partition's log takes or deletes their KeyPackage.
+var ErrErasedInCluster = errors.New("private keys erased by the cluster (a later input takes or deletes them)")

@@ -65,7 +65,7 @@ func (w *Worker) startCluster(ctx context.Context) error {
 	w.ready.Store(true)
 	w.loops.Add(1)
 	go w.cluster.loop()
-	w.log.Info("cluster mode", "worker", cc.WorkerID, "partitions", cc.Partitions, "lease_ttl", cc.LeaseTTL, "replicas", w.cfg.Streams.Replicas)
+	w.log.Info("cluster mode", "partitions", cc.Partitions, "lease_ttl", cc.LeaseTTL, "replicas", w.cfg.Streams.Replicas)
 	return nil
 }
 

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -120,9 +122,9 @@ func (c *natsCluster) URL() string {
 }
 
 // startClusterWorker starts a worker in cluster mode sharing keyFile with the others.
-func startClusterWorker(t *testing.T, url, keyFile, id string, clock *testClock, mod ...func(*worker.Config)) *worker.Worker {
+func startClusterWorker(t *testing.T, url, dataDir, keyFile, id string, clock *testClock, mod ...func(*worker.Config)) *worker.Worker {
 	t.Helper()
-	return startWorker(t, url, t.TempDir(), clock, append([]func(*worker.Config){func(c *worker.Config) {
+	return startWorker(t, url, dataDir, clock, append([]func(*worker.Config){func(c *worker.Config) {
 		c.KeyFile = keyFile
 		c.Cluster = worker.ClusterConfig{Enabled: true, WorkerID: id, LeaseTTL: 3 * time.Second}
 	}}, mod...)...)
@@ -175,7 +177,7 @@ func balanced(t *testing.T, ws []*worker.Worker) {
 func TestClusterOfOne(t *testing.T) {
 	ns := startNATS(t)
 	clock := newClock()
-	w := startClusterWorker(t, ns.URL(), filepath.Join(t.TempDir(), "kpool.key"), "solo", clock)
+	w := startClusterWorker(t, ns.URL(), t.TempDir(), filepath.Join(t.TempDir(), "kpool.key"), "solo", clock)
 	eventually(t, 20*time.Second, "16 partitions owned", func() bool { _, ok := owners([]*worker.Worker{w}, 16); return ok })
 	_, c := connect(t, ns.URL())
 	ds := startDS(t, c, true)
@@ -223,6 +225,7 @@ type clusterLoad struct {
 	pools   []string
 	mu      sync.Mutex
 	claimed map[string]string // ref → pool
+	taken   map[string]string // ref → pool
 }
 
 func (l *clusterLoad) each(fn func(p string) error) {
@@ -247,14 +250,22 @@ func (l *clusterLoad) each(fn func(p string) error) {
 	}
 }
 
-// claimOne publishes a claim of one more offered KeyPackage of each pool in pools.
-func (l *clusterLoad) claimOne(pools []string) {
-	l.t.Helper()
+// used reports a KeyPackage the test claimed or took. Callers hold mu.
+func (l *clusterLoad) used(ref string) bool {
+	_, c := l.claimed[ref]
+	_, t := l.taken[ref]
+	return c || t
+}
+
+// claimOne publishes a claim of one more offered KeyPackage of each pool in pools. A
+// publish that fails (a NATS node going away) is retried with the same event id, as a
+// delivery service would: the stream keeps it once.
+func (l *clusterLoad) claimOne(pools []string) error {
 	for _, p := range pools {
 		l.mu.Lock()
 		ref := ""
 		for _, r := range l.ds.refs(p, false) {
-			if _, done := l.claimed[r]; !done {
+			if !l.used(r) {
 				ref = r
 				break
 			}
@@ -264,21 +275,34 @@ func (l *clusterLoad) claimOne(pools []string) {
 		}
 		l.mu.Unlock()
 		if ref == "" {
-			l.t.Fatalf("pool %s: no offered KeyPackage left to claim", p)
+			return fmt.Errorf("pool %s: no offered KeyPackage left to claim", p)
 		}
-		if err := l.c.Claimed(ctx(l.t), p, ref); err != nil {
-			l.t.Fatalf("claim %s/%s: %v", p, ref, err)
+		ev := events.Event{ID: natsbus.NewEventID(), Type: events.TypeClaimed, Pool: p, Ref: ref}
+		for deadline := time.Now().Add(time.Minute); ; {
+			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err := l.c.Publish(cctx, ev)
+			cancel()
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("claim %s/%s: %w", p, ref, err)
+			}
 		}
 	}
+	return nil
 }
 
 // check waits until every pool's counts are what the claims made of them and every claim
 // took effect exactly once: one transition to claimed in the outbound stream.
 func (l *clusterLoad) check(t *testing.T, js jetstream.JetStream, within time.Duration) {
 	t.Helper()
-	perPool := map[string]int{}
+	perPool, takes := map[string]int{}, map[string]int{}
 	l.mu.Lock()
 	claimed := maps.Clone(l.claimed)
+	for _, p := range l.taken {
+		takes[p]++
+	}
 	l.mu.Unlock()
 	for _, p := range claimed {
 		perPool[p]++
@@ -293,12 +317,16 @@ func (l *clusterLoad) check(t *testing.T, js jetstream.JetStream, within time.Du
 		}
 		for _, st := range list {
 			c := st.Counts
-			if c.Claimed != perPool[st.Pool] || c.Available < 1 || c.Created != 0 || c.Available+c.Claimed > st.HardCap {
-				bad = fmt.Sprintf("pool %s: %+v after %d claims", st.Pool, c, perPool[st.Pool])
+			if c.Claimed != perPool[st.Pool] || c.Deleted != takes[st.Pool] || c.Available < 1 || c.Created != 0 || c.Available+c.Claimed > st.HardCap {
+				bad = fmt.Sprintf("pool %s: %+v after %d claims and %d takes", st.Pool, c, perPool[st.Pool], takes[st.Pool])
 				return false
 			}
 		}
-		n := transitionsTo(t, js, "claimed")
+		n, err := transitionsTo(t, js, "claimed")
+		if err != nil {
+			bad = err.Error()
+			return false
+		}
 		for ref, p := range claimed {
 			if n[ref] != 1 {
 				bad = fmt.Sprintf("KeyPackage %s of pool %s: %d transitions to claimed, want exactly 1", ref, p, n[ref])
@@ -319,21 +347,21 @@ func (l *clusterLoad) check(t *testing.T, js jetstream.JetStream, within time.Du
 }
 
 // transitionsTo counts, per ref, the transitions to state in the outbound stream.
-func transitionsTo(t *testing.T, js jetstream.JetStream, state string) map[string]int {
+func transitionsTo(t *testing.T, js jetstream.JetStream, state string) (map[string]int, error) {
 	t.Helper()
 	cons, err := js.OrderedConsumer(ctx(t), "KPOOL_OUTBOUND", jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.Subjects{Prefix: "kpool"}.Outbound(events.KindTransition, "*")}})
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	info, err := cons.Info(ctx(t))
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	n := map[string]int{}
 	for left := info.NumPending; left > 0; {
 		batch, err := cons.Fetch(int(min(left, 1000)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		got := uint64(0)
 		for m := range batch.Messages() {
@@ -347,11 +375,11 @@ func transitionsTo(t *testing.T, js jetstream.JetStream, state string) map[strin
 			}
 		}
 		if got == 0 {
-			t.Fatalf("outbound stream: %d transitions not delivered", left)
+			return nil, fmt.Errorf("outbound stream: %d transitions not delivered (%v)", left, batch.Error())
 		}
 		left -= got
 	}
-	return n
+	return n, nil
 }
 
 // TestCluster: three NATS nodes (R3) and three workers over 1 000 pools. An owner dies
@@ -364,15 +392,15 @@ func TestCluster(t *testing.T) {
 	clock := newClock()
 	keyFile := filepath.Join(t.TempDir(), "kpool.key")
 	mod := func(c *worker.Config) { c.Defaults = smallPools() }
-	ws := []*worker.Worker{
-		startClusterWorker(t, url, keyFile, "w1", clock, mod),
-		startClusterWorker(t, url, keyFile, "w2", clock, mod),
-		startClusterWorker(t, url, keyFile, "w3", clock, mod),
+	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()}
+	var ws []*worker.Worker
+	for i := range 3 {
+		ws = append(ws, startClusterWorker(t, url, dirs[i], keyFile, fmt.Sprintf("w%d", i+1), clock, mod))
 	}
 	balanced(t, ws)
 	nc, c := connect(t, url)
 	js, _ := jetstream.New(nc)
-	l := &clusterLoad{t: t, c: c, ds: startDS(t, c, true), claimed: map[string]string{}}
+	l := &clusterLoad{t: t, c: c, ds: startDS(t, c, true), claimed: map[string]string{}, taken: map[string]string{}}
 	for i := range *clusterPools {
 		l.pools = append(l.pools, fmt.Sprintf("pool-%04d", i))
 	}
@@ -384,6 +412,7 @@ func TestCluster(t *testing.T) {
 	l.check(t, js, 120*time.Second)
 	t.Logf("%d pools registered and filled in %v", len(l.pools), time.Since(start).Round(time.Millisecond))
 
+	top := t // workers started in a subtest outlive it
 	t.Run("owner killed", func(t *testing.T) {
 		own, _ := owners(ws, 16)
 		victim := own[events.PartitionOf(l.pools[0], 16)]
@@ -393,8 +422,8 @@ func TestCluster(t *testing.T) {
 				offered = append(offered, p)
 			}
 		}
-		done := make(chan struct{})
-		go func() { defer close(done); l.claimOne(l.pools[:len(l.pools)/2]) }()
+		done := make(chan error)
+		go func() { done <- l.claimOne(l.pools[:len(l.pools)/2]) }()
 		ws[victim].Kill()
 		killed := time.Now()
 		ws[victim] = nil
@@ -404,16 +433,21 @@ func TestCluster(t *testing.T) {
 		if failover > 10*time.Second {
 			t.Errorf("failover took %v, want < 10s", failover)
 		}
-		<-done
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
 		l.check(t, js, 60*time.Second)
 		// A KeyPackage the dead worker offered is taken once, from the new owner.
 		p := offered[len(offered)-1]
+		l.mu.Lock()
 		ref := ""
 		for _, r := range l.ds.refs(p, false) {
-			if _, claimed := l.claimed[r]; !claimed {
+			if !l.used(r) {
 				ref = r
 			}
 		}
+		l.taken[ref] = p
+		l.mu.Unlock()
 		if _, err := c.Take(ctx(t), p, ref, 1); err != nil {
 			t.Fatalf("take %s/%s after failover: %v", p, ref, err)
 		}
@@ -421,8 +455,77 @@ func TestCluster(t *testing.T) {
 			t.Logf("%v", err)
 			t.Fatalf("second take of %s/%s: %v, want a refusal", p, ref, err)
 		}
-		l.mu.Lock()
-		l.claimed[ref] = p // taken: counted like a claim from here on (it left the pool)
-		l.mu.Unlock()
 	})
+
+	t.Run("NATS node killed", func(t *testing.T) {
+		done := make(chan error)
+		go func() { done <- l.claimOne(l.pools[len(l.pools)/2:]) }()
+		nc3.Kill(1)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		balanced(t, ws)
+		l.check(t, js, 60*time.Second)
+	})
+
+	t.Run("fourth worker", func(t *testing.T) {
+		ws = append(ws, startClusterWorker(top, url, dirs[3], keyFile, "w4", clock, mod))
+		balanced(t, ws)
+		if len(ws[3].Partitions()) == 0 {
+			t.Fatal("the fourth worker owns no partition")
+		}
+		l.check(t, js, 60*time.Second)
+		l.takeOnceIn(t, ws[3])
+	})
+
+	t.Run("data directory lost", func(t *testing.T) {
+		i := slices.IndexFunc(ws, func(w *worker.Worker) bool { return w != nil })
+		if err := ws[i].Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.RemoveAll(dirs[i]); err != nil {
+			t.Fatal(err)
+		}
+		ws[i] = startClusterWorker(top, url, dirs[i], keyFile, fmt.Sprintf("w%d", i+1), clock, mod)
+		balanced(t, ws)
+		if len(ws[i].Partitions()) == 0 {
+			t.Fatal("the restarted worker owns no partition")
+		}
+		l.check(t, js, 60*time.Second)
+		l.takeOnceIn(t, ws[i]) // its keys come from the keys bucket: its disk had none
+	})
+}
+
+// takeOnceIn takes an offered KeyPackage of a pool in one of w's partitions, then checks
+// that a second take is refused.
+func (l *clusterLoad) takeOnceIn(t *testing.T, w *worker.Worker) {
+	t.Helper()
+	parts := w.Partitions()
+	for _, p := range l.pools {
+		if !slices.Contains(parts, events.PartitionOf(p, 16)) {
+			continue
+		}
+		l.mu.Lock()
+		ref := ""
+		for _, r := range l.ds.refs(p, false) {
+			if !l.used(r) {
+				ref = r
+			}
+		}
+		if ref != "" {
+			l.taken[ref] = p
+		}
+		l.mu.Unlock()
+		if ref == "" {
+			continue
+		}
+		if _, err := l.c.Take(ctx(t), p, ref, 1); err != nil {
+			t.Fatalf("take %s/%s: %v", p, ref, err)
+		}
+		if _, err := l.c.Take(ctx(t), p, ref, 1); err == nil || !strings.Contains(err.Error(), "deleted") {
+			t.Fatalf("second take of %s/%s: %v, want a refusal", p, ref, err)
+		}
+		return
+	}
+	t.Fatal("no offered KeyPackage in the worker's partitions")
 }

@@ -47,24 +47,24 @@ func (w *Worker) replicateSecrets(ctx context.Context, in persistence.Input) ([]
 }
 
 // fetchSecrets reads an input's private material from the keys bucket. A missing entry
-// was purged when the core erased it, which a later input of the log does: erased then
-// lets the input store its KeyPackage without keys, as the previous owner's later
-// inputs left it. Any other failure is internal (the input is retried, never refused).
-func (w *Worker) fetchSecrets(ids []string) (secrets map[string][]byte, erased bool, err error) {
+// was purged when the core erased it, which a later input of the log does: erased names
+// it, and the store keeps a marker instead (persistence.Input.Erased). Any other failure
+// is internal (the input is retried, never refused).
+func (w *Worker) fetchSecrets(ids []string) (secrets map[string][]byte, erased []string, err error) {
 	ctx, cancel := context.WithTimeout(w.ctx, 10*time.Second)
 	defer cancel()
 	for _, id := range ids {
 		e, err := w.buckets.Keys.Get(ctx, keysBucketKey(id))
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			erased = true
+			erased = append(erased, id)
 			continue
 		}
 		if err != nil {
-			return nil, false, fmt.Errorf("keys bucket: %w", err)
+			return nil, nil, fmt.Errorf("keys bucket: %w", err)
 		}
 		plain, err := w.store.Unseal(id, e.Value())
 		if err != nil {
-			return nil, false, fmt.Errorf("keys bucket entry %s: %w", keysBucketKey(id), err)
+			return nil, nil, fmt.Errorf("keys bucket entry %s: %w", keysBucketKey(id), err)
 		}
 		if secrets == nil {
 			secrets = map[string][]byte{}

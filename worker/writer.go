@@ -433,7 +433,7 @@ func (w *Worker) applyOne(b *persistence.Batch, in inbound) (outcome, error) {
 		case w.buckets != nil:
 			// In a cluster the log decides, not who waits: any worker applying the
 			// partition's log applies the input, with its keys from the keys bucket.
-			if input.Secrets, input.SecretsErased, err = w.fetchSecrets(in.secrets); err != nil {
+			if input.Secrets, input.Erased, err = w.fetchSecrets(in.secrets); err != nil {
 				return o, err
 			}
 		default:
@@ -521,7 +521,11 @@ func (w *Worker) afterCommit(outs []outcome) {
 		case r.Duplicate:
 			result = "duplicate"
 		}
-		w.log.Debug("input", "stream_seq", o.in.seq, "type", o.ev.Type, "pool", o.ev.Pool, "id", o.ev.ID, "result", result, "quiet", w.quiet(o.in))
+		if result == "refused" {
+			w.log.Debug("input", "stream_seq", o.in.seq, "type", o.ev.Type, "pool", o.ev.Pool, "id", o.ev.ID, "result", result, "quiet", w.quiet(o.in), "why", errors.Join(o.refused, o.res.Err))
+		} else {
+			w.log.Debug("input", "stream_seq", o.in.seq, "type", o.ev.Type, "pool", o.ev.Pool, "id", o.ev.ID, "result", result, "quiet", w.quiet(o.in))
+		}
 		w.metrics.events.WithLabelValues(string(o.ev.Type), result).Inc()
 		w.metrics.stepSeconds.Observe(time.Since(o.in.at).Seconds())
 		if o.call != nil {
