@@ -43,6 +43,7 @@ func (s *Store) Check(report func(problem string)) error {
 		if err != nil {
 			return err
 		}
+		checkMeta(v, add)
 		s.checkJournal(v, meta, add)
 		s.checkRecords(v, add)
 		s.checkOutbox(v, add)
@@ -52,6 +53,9 @@ func (s *Store) Check(report func(problem string)) error {
 				add("pool %q: %v", k, err)
 				return nil
 			}
+			if p.ID != string(k) {
+				add("pool %q: record names pool %s", k, p.ID)
+			}
 			client := p.Custody == events.CustodyClient
 			switch has := v.hasSecret(PoolSecretID(p.ID)); {
 			case !client && !has:
@@ -59,11 +63,32 @@ func (s *Store) Check(report func(problem string)) error {
 			case client && has:
 				add("pool %s: custody client, but kpool stores a signature private key", p.ID)
 			}
-			if err := pool.CheckPool(p, meta.Time, poolKPs(v, p.ID, add)); err != nil {
+			if err := pool.CheckPool(p, meta.Time, poolKPs(v, p.ID)); err != nil {
 				add("%v", err)
 			}
 			return nil
 		})
+	})
+}
+
+// checkMeta checks the meta bucket holds only its known keys, each well formed (the
+// schema version and the key check are checked by Open).
+func checkMeta(v *txView, add func(string, ...any)) {
+	_ = v.meta.ForEach(func(k, val []byte) error {
+		switch {
+		case bytes.Equal(k, kSchema), bytes.Equal(k, kKeyCheck):
+		case bytes.Equal(k, kApplied):
+			if err := decodeRecord(val, &pool.Meta{}); err != nil {
+				add("meta %s: %v", k, err)
+			}
+		case bytes.Equal(k, kInputSeq):
+			if len(val) != 8 {
+				add("meta %s: %d bytes, not an 8-byte sequence", k, len(val))
+			}
+		default:
+			add("meta: unknown key %q", k)
+		}
+		return nil
 	})
 }
 
@@ -162,16 +187,17 @@ func (s *Store) checkRecords(v *txView, add func(string, ...any)) {
 		}
 		return nil
 	})
-	if n := v.poolKPs.Stats().KeyN; n != records {
-		add("per-pool index holds %d entries for %d records", n, records)
-	}
+	checkPoolIndex(v, add)
 	entries := 0
-	_ = v.expiry.ForEach(func(k, _ []byte) error {
+	_ = v.expiry.ForEach(func(k, val []byte) error {
 		entries++
 		at, ref, ok := parseIndexKey(k)
 		if !ok {
 			add("expiry index: malformed key %x", k)
 			return nil
+		}
+		if len(val) != 0 {
+			add("expiry index: entry %s at %s holds a %d-byte value, not none", ref, at, len(val))
 		}
 		if id, isTimer := pool.ClientTimerPool(ref); isTimer {
 			if p, found, err := v.Pool(id); err == nil && (!found || !p.ClientAsk.Equal(at)) {
@@ -207,6 +233,35 @@ func (s *Store) checkRecords(v *txView, add func(string, ...any)) {
 	})
 }
 
+// checkPoolIndex checks every per-pool index entry against the records: the records
+// side (a record without its entry) is checked with the records. Together they make
+// the index and the records one to one, so the pool.CheckPool recount over the index
+// counts every record.
+func checkPoolIndex(v *txView, add func(string, ...any)) {
+	_ = v.poolKPs.ForEach(func(k, val []byte) error {
+		poolID, ref, ok := bytes.Cut(k, []byte("/"))
+		if !ok {
+			add("per-pool index: malformed key %q (no \"/\")", k)
+			return nil
+		}
+		if len(val) != 0 {
+			add("per-pool index: entry %q holds a %d-byte value, not none", k, len(val))
+		}
+		if v.pools.Get(poolID) == nil {
+			add("per-pool index: entry %q names pool %q: no such pool", k, poolID)
+		}
+		kp, found, err := v.KeyPackage(string(ref))
+		switch {
+		case err != nil: // reported with the records
+		case !found:
+			add("per-pool index: entry %q names KeyPackage %q: no such record", k, ref)
+		case kp.Pool != string(poolID):
+			add("per-pool index: entry %q names KeyPackage %s of pool %s", k, ref, kp.Pool)
+		}
+		return nil
+	})
+}
+
 func (s *Store) checkOutbox(v *txView, add func(string, ...any)) {
 	n := 0
 	_ = v.outboxIDs.ForEach(func(id, key []byte) error {
@@ -227,15 +282,15 @@ func (s *Store) checkOutbox(v *txView, add func(string, ...any)) {
 	}
 }
 
-// poolKPs iterates a pool's records through the per-pool index.
-func poolKPs(v *txView, poolID string, add func(string, ...any)) iter.Seq[pool.KeyPackage] {
+// poolKPs iterates a pool's records through the per-pool index. An entry without a
+// readable record is skipped: checkPoolIndex and the record checks report it.
+func poolKPs(v *txView, poolID string) iter.Seq[pool.KeyPackage] {
 	prefix := poolKPKey(poolID, "")
 	return func(yield func(pool.KeyPackage) bool) {
 		c := v.poolKPs.Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 			kp, ok, err := v.KeyPackage(string(k[len(prefix):]))
 			if err != nil || !ok {
-				add("pool %s index names %s: record missing (%v)", poolID, k[len(prefix):], err)
 				continue
 			}
 			if !yield(kp) {

@@ -3,7 +3,10 @@ package persistence
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -68,6 +71,17 @@ func TestCheckFindsDamage(t *testing.T) {
 			kp, _, _ := v.KeyPackage(refOf(2))
 			return v.expiry.Delete(indexKey(kp.Deadline, kp.Ref))
 		}, "no expiry index entry"},
+		{"index entry with a value", func(v *txView) error {
+			kp, _, _ := v.KeyPackage(refOf(2))
+			return v.expiry.Put(indexKey(kp.Deadline, kp.Ref), []byte("abc"))
+		}, "holds a 3-byte value, not none"},
+		{"meta key damaged", func(v *txView) error { return v.meta.Put([]byte("input_sfq"), seqKey(1)) },
+			`meta: unknown key "input_sfq"`},
+		{"meta value damaged", func(v *txView) error { return v.meta.Put(kInputSeq, []byte{1}) },
+			"meta input_seq: 1 bytes, not an 8-byte sequence"},
+		{"pool record under another key", func(v *txView) error {
+			return errors.Join(v.pools.Put([]byte("p3"), bytes.Clone(v.pools.Get([]byte("p2")))), v.pools.Delete([]byte("p2")))
+		}, `pool "p3": record names pool p2`},
 		{"orphan secret", func(v *txView) error { return v.secrets.Put([]byte(refOf(99)), []byte("x")) },
 			"no such KeyPackage"},
 		{"journal gap", func(v *txView) error { return v.journal.Delete(seqKey(3)) }, "follows"},
@@ -137,5 +151,75 @@ func TestCompactDropsErasedCiphertext(t *testing.T) {
 	}
 	if p := checkProblems(t, cs); len(p) != 0 {
 		t.Fatalf("compacted copy: %v", p)
+	}
+}
+
+// TestCheckPoolIndex damages the per-pool index of a real store one entry at a time and
+// requires exactly the problems that name the damage. Losing a record from a pool's
+// index also changes the pool.CheckPool recount over that index: its problem is matched
+// by the start of its line (the counts it prints are the core's business).
+func TestCheckPoolIndex(t *testing.T) {
+	flipLast := func(k []byte, mask byte) []byte {
+		k = append([]byte(nil), k...)
+		k[len(k)-1] ^= mask
+		return k
+	}
+	p1r0 := poolKPKey("p1", refOf(0)) // refOf(0) is in p1, refOf(1) in p2
+	for _, tc := range []struct {
+		name    string
+		damage  func(v *txView) error
+		want    []string
+		recount string // the prefix of the recount problem, if the damage makes one
+	}{
+		{"key byte flipped", func(v *txView) error {
+			return errors.Join(v.poolKPs.Delete(p1r0), v.poolKPs.Put(flipLast(p1r0, 0xff), nil))
+		}, []string{
+			fmt.Sprintf(`per-pool index: entry "p1/%s\xcf" names KeyPackage "%[1]s\xcf": no such record`, refOf(0)[:63]),
+			fmt.Sprintf("keypackage %s: missing from the index of pool p1", refOf(0)),
+		}, "invariant violated: pool p1 counts "},
+		{"key flipped to another pool's record", func(v *txView) error {
+			return errors.Join(v.poolKPs.Delete(p1r0), v.poolKPs.Put(flipLast(p1r0, 0x01), nil))
+		}, []string{
+			fmt.Sprintf(`per-pool index: entry "p1/%s" names KeyPackage %[1]s of pool p2`, refOf(1)),
+			fmt.Sprintf("keypackage %s: missing from the index of pool p1", refOf(0)),
+		}, "invariant violated: pool p1: KeyPackage " + refOf(1) + " belongs to p2"},
+		{"entry missing", func(v *txView) error { return v.poolKPs.Delete(poolKPKey("p2", refOf(3))) }, []string{
+			fmt.Sprintf("keypackage %s: missing from the index of pool p2", refOf(3)),
+		}, "invariant violated: pool p2 counts "},
+		{"entry of no pool", func(v *txView) error { return v.poolKPs.Put(poolKPKey("p9", refOf(0)), nil) }, []string{
+			fmt.Sprintf(`per-pool index: entry "p9/%s" names pool "p9": no such pool`, refOf(0)),
+			fmt.Sprintf(`per-pool index: entry "p9/%s" names KeyPackage %[1]s of pool p1`, refOf(0)),
+		}, ""},
+		{"entry with a value", func(v *txView) error { return v.poolKPs.Put(p1r0, []byte("abc")) }, []string{
+			fmt.Sprintf(`per-pool index: entry "p1/%s" holds a 3-byte value, not none`, refOf(0)),
+		}, ""},
+		{"entry without a pool", func(v *txView) error { return v.poolKPs.Put([]byte("p1"), nil) }, []string{
+			`per-pool index: malformed key "p1" (no "/")`,
+		}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := coreDB(t)
+			defer s.Close()
+			before := dump(t, s)
+			if err := s.db.Update(func(tx *bolt.Tx) error { return tc.damage(newTxView(tx)) }); err != nil {
+				t.Fatal(err)
+			}
+			if sameDump(before, dump(t, s)) == "" {
+				t.Fatal("the damage changed nothing")
+			}
+			got := checkProblems(t, s)
+			if tc.recount != "" {
+				i := slices.IndexFunc(got, func(p string) bool { return strings.HasPrefix(p, tc.recount) })
+				if i < 0 {
+					t.Fatalf("Check found %q, want a recount problem starting %q", got, tc.recount)
+				}
+				got = slices.Delete(got, i, i+1)
+			}
+			slices.Sort(got)
+			slices.Sort(tc.want)
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("Check found\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(tc.want, "\n  "))
+			}
+		})
 	}
 }
