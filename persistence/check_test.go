@@ -75,6 +75,10 @@ func TestCheckFindsDamage(t *testing.T) {
 			kp, _, _ := v.KeyPackage(refOf(2))
 			return v.expiry.Put(indexKey(kp.Deadline, kp.Ref), []byte("abc"))
 		}, "holds a 3-byte value, not none"},
+		{"index entry of no record", func(v *txView) error { return v.expiry.Put(indexKey(t0, refOf(99)), nil) },
+			"expiry index: entry " + refOf(99) + " at 2026-11-01 12:00:00 +0000 UTC does not match a record"},
+		{"index entry of no re-ask", func(v *txView) error { return v.expiry.Put(indexKey(t0, pool.ClientTimerRef("p1")), nil) },
+			"expiry index: client re-ask p1 at 2026-11-01 12:00:00 +0000 UTC does not match a pool"},
 		{"meta key damaged", func(v *txView) error { return v.meta.Put([]byte("input_sfq"), seqKey(1)) },
 			`meta: unknown key "input_sfq"`},
 		{"meta value damaged", func(v *txView) error { return v.meta.Put(kInputSeq, []byte{1}) },
