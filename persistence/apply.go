@@ -2,8 +2,8 @@ package persistence
 
 import (
 	"encoding/json"
-	"slices"
 	"fmt"
+	"slices"
 
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/pool"

@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"maps"
@@ -528,4 +529,43 @@ func (l *clusterLoad) takeOnceIn(t *testing.T, w *worker.Worker) {
 		return
 	}
 	t.Fatal("no offered KeyPackage in the worker's partitions")
+}
+
+// TestPartitionsMatchTheServer: the partition the worker computes for a pool (to route
+// its API calls) is the one nats-server's subject transform files its events under.
+func TestPartitionsMatchTheServer(t *testing.T) {
+	ns := startNATS(t)
+	nc, _ := connect(t, ns.URL())
+	js, _ := jetstream.New(nc)
+	subj := events.Subjects{Prefix: "kpool"}
+	if err := natsbus.EnsureStreams(ctx(t), js, subj, natsbus.StreamOptions{Partitions: 16, EventsMaxBytes: 8 << 20, OutboundMaxBytes: 8 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx(t), "KPOOL_EVENTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 500 {
+		pool := fmt.Sprintf("p%d-%x", i, i*7919)
+		ack, err := js.Publish(ctx(t), subj.Event(pool, events.TypeClaimed), []byte("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := st.GetMsg(ctx(t), ack.Sequence)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("kpool.part.%d.events.%s.claimed", events.PartitionOf(pool, 16), pool)
+		if m.Subject != want {
+			t.Fatalf("pool %s stored as %s, worker computes %s", pool, m.Subject, want)
+		}
+		if back := subj.Unpartitioned(m.Subject); back != subj.Event(pool, events.TypeClaimed) {
+			t.Fatalf("Unpartitioned(%s) = %s", m.Subject, back)
+		}
+	}
+	// Another partition count on the same stream is refused, not applied silently.
+	err = natsbus.EnsureStreams(ctx(t), js, subj, natsbus.StreamOptions{Partitions: 8, EventsMaxBytes: 8 << 20, OutboundMaxBytes: 8 << 20})
+	if !errors.Is(err, natsbus.ErrPartitionsChanged) {
+		t.Fatalf("8 partitions on a 16-partition stream: %v, want ErrPartitionsChanged", err)
+	}
 }

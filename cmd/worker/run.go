@@ -187,6 +187,9 @@ func (o *runOptions) workerConfig(stderr io.Writer) (worker.Config, error) {
 			return worker.Config{}, usagef("--replicas %q: auto or a number from 1 to 5", o.replicas)
 		}
 	}
+	if o.partitions < 1 || o.partitions > events.MaxPartitions {
+		return worker.Config{}, usagef("--partitions %d: use 1 to %d", o.partitions, events.MaxPartitions)
+	}
 	leaseTTL, err := time.ParseDuration(o.leaseTTL)
 	if err != nil {
 		return worker.Config{}, usagef("--lease-ttl %q: %w", o.leaseTTL, err)

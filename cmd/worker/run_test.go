@@ -236,6 +236,10 @@ func TestRunFlagErrors(t *testing.T) {
 		{[]string{"--journal-retention", "a while"}, nil, `--journal-retention: invalid duration: "a while" is not a duration`},
 		{[]string{"--nats-url", "nats://127.0.0.1:1", "--start-timeout", "300ms"}, nil, "connect to NATS at nats://127.0.0.1:1 (tried for 300ms)"},
 		{[]string{"--start-timeout", "0s"}, nil, `--start-timeout "0s"`},
+		{[]string{"--cluster", "--partitions", "0"}, nil, "--partitions 0: use 1 to 1024"},
+		{[]string{"--cluster", "--worker-id", "a b"}, nil, `worker id "a b"`},
+		{[]string{"--cluster", "--lease-ttl", "soon"}, nil, `--lease-ttl "soon"`},
+		{[]string{"--cluster", "--lease-ttl", "100ms"}, nil, "lease TTL 100ms is under 1s"},
 	} {
 		for k, v := range tc.env {
 			t.Setenv(k, v)
@@ -363,5 +367,30 @@ func TestRunJournalRetentionFlag(t *testing.T) {
 			t.Errorf("%v (env %q): retention %v, %v; want %v", tc.args, tc.env, cfg.JournalRetention, err, tc.want)
 		}
 		os.Unsetenv("KPOOL_JOURNAL_RETENTION")
+	}
+}
+
+// TestRunCluster: `worker run --cluster` on the embedded server is a cluster of one: it
+// owns every partition, and the client commands work through them unchanged.
+func TestRunCluster(t *testing.T) {
+	url, log, stop := startRunLogged(t, t.TempDir(), "--cluster", "--partitions", "4", "--worker-id", "solo")
+	defer stop()
+	for deadline := time.Now().Add(20 * time.Second); strings.Count(log.String(), "partition taken") < 4; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the worker did not take its 4 partitions:\n%s", log.String())
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval
+	}
+	if !strings.Contains(log.String(), "cluster mode") || !strings.Contains(log.String(), "worker=solo") {
+		t.Fatalf("the log does not say cluster mode and the worker id:\n%s", log.String())
+	}
+	for _, p := range []string{"alice", "bob", "carol"} {
+		if code, out, errOut := runCLI(t, "", "pool", "register", p, "--nats-url", url, "--identity", p); code != 0 {
+			t.Fatalf("pool register %s: %d %s %s", p, code, out, errOut)
+		}
+	}
+	code, out, errOut := runCLI(t, "", "pool", "list", "--nats-url", url)
+	if code != 0 || !strings.Contains(out, "alice") || !strings.Contains(out, "bob") || !strings.Contains(out, "carol") {
+		t.Fatalf("pool list: %d %s %s", code, out, errOut)
 	}
 }
