@@ -242,9 +242,22 @@ func (c *cluster) acquire(ctx context.Context, p int, rev uint64, leased time.Ti
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
+	path := filepath.Join(dir, "kpool.db")
+	restored, err := c.restoreSnapshot(ctx, p, path)
+	if err != nil {
+		return fmt.Errorf("restoring the partition's snapshot: %w", err)
+	}
 	// A missing file is normal here: the partition's view is rebuilt from the log.
-	if err := e.openStore(filepath.Join(dir, "kpool.db"), true); err != nil {
+	if err := e.openStore(path, true); err != nil {
 		return err
+	}
+	if applied := e.appliedSeq.Load(); published >= applied && applied > 0 {
+		// Every effect of the view's inputs is out already: what waits in its outbox
+		// would go out again, possibly after the stream's duplicate window.
+		if _, err := e.store.DropOutbox(); err != nil {
+			_ = e.stopInputs(false)
+			return err
+		}
 	}
 	if err := e.startInputs(ctx); err != nil {
 		_ = e.stopInputs(false)
@@ -254,10 +267,12 @@ func (c *cluster) acquire(ctx context.Context, p int, rev uint64, leased time.Ti
 		_ = e.stopInputs(false)
 		return err
 	}
+	e.loops.Add(1)
+	go e.snapshotLoop(restored) // a restored copy need not be stored again
 	c.mu.Lock()
 	c.owned[p] = &lease{e: e, rev: rev, ckpt: published}
 	c.mu.Unlock()
-	c.w.log.Info("partition taken", "partition", p, "applied", e.appliedSeq.Load(), "catch_up_to", e.catchUp, "published_through", published)
+	c.w.log.Info("partition taken", "partition", p, "applied", e.appliedSeq.Load(), "from_snapshot", restored, "catch_up_to", e.catchUp, "published_through", published)
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -567,5 +568,76 @@ func TestPartitionsMatchTheServer(t *testing.T) {
 	err = natsbus.EnsureStreams(ctx(t), js, subj, natsbus.StreamOptions{Partitions: 8, EventsMaxBytes: 8 << 20, OutboundMaxBytes: 8 << 20})
 	if !errors.Is(err, natsbus.ErrPartitionsChanged) {
 		t.Fatalf("8 partitions on a 16-partition stream: %v, want ErrPartitionsChanged", err)
+	}
+}
+
+// TestClusterRebuildsFromSnapshot: a partition's view is copied to the snapshots store,
+// so a worker with an empty data directory rebuilds it although the log no longer holds
+// the inputs that built it (purged here; aged out in a real deployment).
+func TestClusterRebuildsFromSnapshot(t *testing.T) {
+	ns := startNATS(t)
+	clock := newClock()
+	keyFile := filepath.Join(t.TempDir(), "kpool.key")
+	snapEvery := func(c *worker.Config) {
+		c.Cluster.Partitions, c.Cluster.SnapshotEvery = 4, 100*time.Millisecond
+	}
+	a := startClusterWorker(t, ns.URL(), t.TempDir(), keyFile, "a", clock, snapEvery)
+	nc, c := connect(t, ns.URL())
+	js, _ := jetstream.New(nc)
+	ds := startDS(t, c, true)
+	pools := []string{"alice", "bob", "carol", "dave", "erin", "frank"}
+	for _, p := range pools {
+		if _, err := c.Register(ctx(t), p, natsbus.RegisterRequest{Identity: p, CipherSuite: 1}, nil); err != nil {
+			t.Fatalf("register %s: %v", p, err)
+		}
+	}
+	filled := func() bool {
+		list, err := c.List(ctx(t))
+		if err != nil || len(list) != len(pools) {
+			return false
+		}
+		for _, st := range list {
+			if st.Counts.Available < 10 {
+				return false
+			}
+		}
+		return true
+	}
+	eventually(t, 30*time.Second, "pools filled", filled)
+	st, err := js.Stream(ctx(t), "KPOOL_EVENTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := st.CachedInfo().State.LastSeq
+	obj, err := js.ObjectStore(ctx(t), "KPOOL_SNAPSHOTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "every partition's snapshot holding all it applied", func() bool {
+		for p := range 4 {
+			info, err := obj.GetInfo(ctx(t), fmt.Sprintf("part-%04d", p))
+			if err != nil {
+				return false
+			}
+			seq, _ := strconv.ParseUint(info.Headers.Get("Kpool-Input-Seq"), 10, 64)
+			if applied, owned := a.PartitionApplied(p); !owned || seq < applied {
+				return false
+			}
+		}
+		return true
+	})
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The log's head is gone: without the snapshots, nothing would say the pools exist.
+	if err := st.Purge(ctx(t), jetstream.WithPurgeSequence(last+1)); err != nil {
+		t.Fatal(err)
+	}
+	b := startClusterWorker(t, ns.URL(), t.TempDir(), keyFile, "b", clock, snapEvery)
+	eventually(t, 30*time.Second, "the new worker owns every partition", func() bool { return len(b.Partitions()) == 4 })
+	eventually(t, 30*time.Second, "pools as they were", filled)
+	ref := ds.refs("carol", false)[0]
+	if _, err := c.Take(ctx(t), "carol", ref, 1); err != nil {
+		t.Fatalf("take after the rebuild from a snapshot: %v", err)
 	}
 }

@@ -125,6 +125,11 @@ type ClusterConfig struct {
 	// Replicas is how many NATS servers keep each stream and bucket (default 3 when the
 	// server is part of a NATS cluster, 1 when it is a single server).
 	Replicas int
+	// SnapshotEvery is how often an owner copies a partition's view to the snapshots
+	// object store when inputs were applied since the last copy (default 5m). A new
+	// owner starts from the copy and replays the log after it; the log must keep at
+	// least this much (the events stream keeps 30 days).
+	SnapshotEvery time.Duration
 }
 
 // ErrConfig marks an invalid worker configuration.
@@ -216,6 +221,9 @@ func (c *ClusterConfig) withDefaults() error {
 	}
 	if c.LeaseTTL == 0 {
 		c.LeaseTTL = 5 * time.Second
+	}
+	if c.SnapshotEvery <= 0 {
+		c.SnapshotEvery = 5 * time.Minute
 	}
 	if c.LeaseTTL < time.Second {
 		return fmt.Errorf("%w: lease TTL %v is under 1s", ErrConfig, c.LeaseTTL)

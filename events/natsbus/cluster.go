@@ -20,18 +20,22 @@ type Buckets struct {
 	// Checkpoints holds, per partition, the input sequence through which its owner has
 	// published every effect (p.<n>), so a new owner does not send them again.
 	Checkpoints string
+	// Snapshots is an object store with one copy of each partition's view (part-<n>),
+	// so that a new owner replays only the log after it.
+	Snapshots string
 }
 
 // BucketNames derives bucket names from a subject prefix, like StreamNames.
 func BucketNames(prefix string) Buckets {
 	n := StreamNames(prefix)
 	base := n.Events[:len(n.Events)-len("_EVENTS")]
-	return Buckets{Keys: base + "_KEYS", Owners: base + "_OWNERS", Checkpoints: base + "_CHECKPOINTS"}
+	return Buckets{Keys: base + "_KEYS", Owners: base + "_OWNERS", Checkpoints: base + "_CHECKPOINTS", Snapshots: base + "_SNAPSHOTS"}
 }
 
 // ClusterBuckets are the opened buckets.
 type ClusterBuckets struct {
 	Keys, Owners, Checkpoints jetstream.KeyValue
+	Snapshots                 jetstream.ObjectStore
 }
 
 // EnsureBuckets creates (or opens) the cluster's buckets with replicas copies each;
@@ -56,6 +60,11 @@ func EnsureBuckets(ctx context.Context, js jetstream.JetStream, prefix string, r
 	}
 	if b.Checkpoints, err = open(jetstream.KeyValueConfig{Bucket: n.Checkpoints, Description: "kpool per-partition published-through input sequence"}); err != nil {
 		return b, err
+	}
+	b.Snapshots, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: n.Snapshots, Description: "kpool partition views (bbolt copies; keys sealed under the master key)",
+		Replicas: max(replicas, 1), Storage: jetstream.FileStorage})
+	if err != nil {
+		return b, fmt.Errorf("natsbus: object store %s: %w", n.Snapshots, err)
 	}
 	return b, nil
 }
