@@ -5,7 +5,7 @@ FUZZTIME ?= 20s
 # pinned; `go run pkg@version` fetches it through the module proxy on a fresh machine
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build run test fmt-check vet unit race fuzz fuzz-short bench generate tidy-check staticcheck bench-e2e
+.PHONY: all build run test fmt-check vet unit race fuzz fuzz-short bench generate tidy-check staticcheck bench-e2e bench-stall
 
 all: build
 
@@ -69,6 +69,11 @@ tidy-check:
 # (docs/benchmarks.md); `make bench-e2e QUICK=1` for the short run
 bench-e2e:
 	$(GO) run ./cmd/bench-e2e $(if $(QUICK),-quick,)
+
+# the issue's no-stall figure: 10 minutes of steady claims, the longest time the worker
+# applied nothing while events waited (docs/benchmarks.md); STALL=2m for a shorter run
+bench-stall:
+	$(GO) run ./cmd/bench-e2e -only stall -stall $(or $(STALL),10m)
 
 # the long crash soak (docs/operations.md#crash-behaviour-tested): 500 SIGKILLs and 20 NATS
 # restarts under load, then the full audit. KPOOL_SOAK_KILLS, KPOOL_SOAK_RESTARTS and

@@ -15,18 +15,18 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/kpool/kpool/events"
-	"github.com/kpool/kpool/events/natsbus"
 	"github.com/kpool/kpool/mls"
 	"github.com/kpool/kpool/worker"
 	"github.com/nats-io/nats.go"
@@ -37,12 +37,34 @@ import (
 type params struct {
 	rounds, pools, target, claims int
 	refillPools, refillTarget     int
+	memPools, memTarget           int
+	memMarks                      []uint64
+	stallPools, stallTarget       int
+	stall                         time.Duration
+	stallRate                     float64
+	only                          map[string]bool
+	heapProfile                   string
 }
+
+var parts = []string{"claims", "refill", "memory", "stall"}
 
 func main() {
 	quick := flag.Bool("quick", false, "small sizes, one round (under two minutes)")
+	only := flag.String("only", strings.Join(parts, ","), "the parts to run, comma-separated: "+strings.Join(parts, ", "))
+	stall := flag.Duration("stall", 0, "duration of the stall run (default 30s, 15s with -quick; the issue's figure is 10m: make bench-stall)")
+	stallRate := flag.Float64("stall-rate", 400, "claims per second in the stall run (each also causes a generated input and an upload ack)")
+	memEvents := flag.String("memory-events", "", "events applied at which the memory run samples (default 100000,1000000; 20000,100000 with -quick)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to `FILE`")
+	heapProfile := flag.String("memprofile", "", "write a heap profile at the memory run's last sample to `FILE`")
+	serve := flag.String("serve-nats", "", "internal: serve NATS with JetStream in `DIR` (the memory run's child process)")
 	flag.Parse()
+	if *serve != "" {
+		if err := serveNATS(*serve); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-e2e -serve-nats:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
 		if err != nil {
@@ -55,9 +77,41 @@ func main() {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	p := params{rounds: 3, pools: 160, target: 60, claims: 8000, refillPools: 200, refillTarget: 100}
+	p := params{rounds: 3, pools: 160, target: 60, claims: 8000, refillPools: 200, refillTarget: 100,
+		memPools: 1000, memTarget: 20, memMarks: []uint64{100_000, 1_000_000},
+		stallPools: 160, stallTarget: 60, stall: 30 * time.Second}
 	if *quick {
-		p = params{rounds: 1, pools: 40, target: 40, claims: 1500, refillPools: 50, refillTarget: 40}
+		p = params{rounds: 1, pools: 40, target: 40, claims: 1500, refillPools: 50, refillTarget: 40,
+			memPools: 200, memTarget: 20, memMarks: []uint64{20_000, 100_000},
+			stallPools: 40, stallTarget: 40, stall: 15 * time.Second}
+	}
+	p.stallRate, p.heapProfile = *stallRate, *heapProfile
+	if p.heapProfile != "" {
+		runtime.MemProfileRate = 4096 // the worker's heap is a few MiB: the default 512 KiB sampling hides it
+	}
+	if *stall > 0 {
+		p.stall = *stall
+	}
+	usage := func(format string, a ...any) {
+		fmt.Fprintf(os.Stderr, "bench-e2e: "+format+"\n", a...)
+		os.Exit(2)
+	}
+	if *memEvents != "" {
+		p.memMarks = nil
+		for _, f := range strings.Split(*memEvents, ",") {
+			n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 64)
+			if err != nil || n == 0 || len(p.memMarks) > 0 && n <= p.memMarks[len(p.memMarks)-1] {
+				usage("-memory-events %q: increasing positive counts such as 100000,1000000", *memEvents)
+			}
+			p.memMarks = append(p.memMarks, n)
+		}
+	}
+	p.only = map[string]bool{}
+	for _, part := range strings.Split(*only, ",") {
+		if !slices.Contains(parts, part) {
+			usage("-only %q: one or more of %s", *only, strings.Join(parts, ", "))
+		}
+		p.only[part] = true
 	}
 	if err := run(p); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-e2e:", err)
@@ -67,7 +121,50 @@ func main() {
 }
 
 func run(p params) error {
+	start := time.Now()
+	fmt.Printf("| figure | kpool | baseline in the same run | ratio |\n| --- | ---: | ---: | ---: |\n")
+	if p.only["claims"] {
+		if err := runClaims(p); err != nil {
+			return err
+		}
+	}
+	if p.only["refill"] {
+		refill, err := massRefill(p)
+		if err != nil {
+			return fmt.Errorf("mass refill: %w", err)
+		}
+		gen := generateRate()
+		cores := runtime.GOMAXPROCS(0)
+		fmt.Printf("| mass refill (%d pools × %d) | %.0f KeyPackages/s | mls.Generate suite 1: %.0f /s per core × %d cores | %.2f |\n",
+			p.refillPools, p.refillTarget, refill, gen, cores, refill/(gen*float64(cores)))
+	}
+	if p.only["memory"] {
+		fmt.Fprintf(os.Stderr, "memory: %d pools × %d, samples at %v events\n", p.memPools, p.memTarget, p.memMarks)
+		ss, err := memoryRun(p.memPools, p.memTarget, p.memMarks, p.heapProfile)
+		if err != nil {
+			return fmt.Errorf("memory: %w", err)
+		}
+		printMemory(ss)
+	}
+	if p.only["stall"] {
+		fmt.Fprintf(os.Stderr, "stall: %v at %.0f claims/s over %d pools\n", p.stall, p.stallRate, p.stallPools)
+		r, err := stallRun(p.stallPools, p.stallTarget, p.stallRate, p.stall)
+		if err != nil {
+			return fmt.Errorf("stall: %w", err)
+		}
+		fmt.Printf("| longest stall: applied sequence still while events wait (%v, %.0f claims/s offered, %d pools, polled every 10 ms) | %v (%d over 2 s); %d events applied, %.0f /s; backlog mean %.0f, max %d | — | goal ≤ 2 s |\n",
+			r.elapsed.Round(time.Second), p.stallRate, p.stallPools, r.longest.Round(time.Millisecond), r.over2s, r.events,
+			float64(r.events)/r.elapsed.Seconds(), r.meanBacklog, r.maxBacklog)
+	}
+	fmt.Printf("\n(whole run %v; peak RSS %s)\n", time.Since(start).Round(time.Second), peakRSS())
+	return nil
+}
+
+// runClaims: claims end to end against both baselines, interleaved over rounds, with the
+// latency of every claim at full rate, then the latency at half the median rate.
+func runClaims(p params) error {
 	var js, bb, kp []float64
+	var latFull []time.Duration
 	for r := range p.rounds {
 		fmt.Fprintf(os.Stderr, "round %d/%d\n", r+1, p.rounds)
 		rate, err := baselineJetStream(p.claims)
@@ -79,32 +176,53 @@ func run(p params) error {
 			return fmt.Errorf("bbolt baseline: %w", err)
 		}
 		bb = append(bb, rate)
-		if rate, _, err = kpoolClaims(p, 0); err != nil {
+		rate, lat, err := kpoolClaims(p, 0)
+		if err != nil {
 			return fmt.Errorf("kpool claims: %w", err)
 		}
 		kp = append(kp, rate)
+		latFull = append(latFull, lat...)
 	}
 	full := median(kp)
 	_, lat, err := kpoolClaims(p, full/2)
 	if err != nil {
 		return fmt.Errorf("kpool latency: %w", err)
 	}
-	refill, err := massRefill(p)
-	if err != nil {
-		return fmt.Errorf("mass refill: %w", err)
-	}
-	gen := generateRate()
-	cores := runtime.GOMAXPROCS(0)
-
 	base := min(median(js), median(bb))
-	fmt.Printf("| figure | kpool | baseline in the same run | ratio |\n| --- | ---: | ---: | ---: |\n")
 	fmt.Printf("| claims applied end to end (%d pools, %d claims, median of %d) | %.0f /s | JetStream consumer %.0f /s, bbolt fsync'd batches %.0f /s | %.2f of the smaller |\n",
 		p.pools, p.claims, p.rounds, full, median(js), median(bb), full/base)
+	fmt.Printf("| latency publish → transition, all %d claims published at once (full rate, %d rounds) | p50 %s, p99 %s, p99.9 %s | — | — |\n",
+		p.claims, p.rounds, pct(latFull, 50), pct(latFull, 99), pct(latFull, 99.9))
 	fmt.Printf("| latency publish → transition at %.0f claims/s (half rate) | p50 %s, p99 %s, p99.9 %s | — | goal p99 ≤ 20 ms |\n",
 		full/2, pct(lat, 50), pct(lat, 99), pct(lat, 99.9))
-	fmt.Printf("| mass refill (%d pools × %d) | %.0f KeyPackages/s | mls.Generate suite 1: %.0f /s per core × %d cores | %.2f |\n",
-		p.refillPools, p.refillTarget, refill, gen, cores, refill/(gen*float64(cores)))
 	return nil
+}
+
+func printMemory(ss []memSample) {
+	for _, s := range ss {
+		fmt.Printf("| after %d events (%.0f days of event time): worker heap in use after GC, RSS (anonymous), db file | %s, %s (%s), %s (%d free pages of %d B); %d journal entries, %d dedup ids, %d KeyPackage records | nats-server process: RSS %s, JetStream files %s | — |\n",
+			s.events, s.eventTime.Hours()/24, mib(s.heapInuse), mib(s.rss), mib(s.rssAnon), mib(uint64(s.dbSize)), s.freePages, s.pageSize, s.journal, s.ids, s.kps, mib(s.natsRSS), mib(s.natsDisk))
+	}
+	if len(ss) >= 2 {
+		a, b := ss[0], ss[len(ss)-1]
+		fmt.Printf("| memory and disk, %d vs %d events | heap %.2f, RSS %.2f (anonymous %.2f), db file %.2f | after %d events | goal heap and RSS ≤ 1.10 |\n",
+			b.events, a.events, float64(b.heapInuse)/float64(a.heapInuse), float64(b.rss)/float64(a.rss),
+			float64(b.rssAnon)/float64(a.rssAnon), float64(b.dbSize)/float64(a.dbSize), a.events)
+	}
+}
+
+// peakRSS is VmHWM from /proc/self/status.
+func peakRSS() string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "?"
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "?"
 }
 
 func median(v []float64) float64 {
@@ -218,93 +336,11 @@ func baselineBolt(n int) (float64, error) {
 	return float64(n) / time.Since(start).Seconds(), nil
 }
 
-// env is a real worker with its delivery service.
-type env struct {
-	w    *worker.Worker
-	nc   *nats.Conn
-	js   jetstream.JetStream
-	c    *natsbus.Client
-	dir  string
-	mu   sync.Mutex
-	refs map[string][]string // pool → uploaded refs, in order
-}
-
-func startEnv(pools, target int) (*env, error) {
-	dir, _ := os.MkdirTemp("", "bench-kpool-")
-	w, err := worker.Start(context.Background(), worker.Config{DataDir: dir, Listen: "127.0.0.1:0", Tick: time.Second,
-		Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		return nil, err
-	}
-	nc, err := nats.Connect(w.ClientURL())
-	if err != nil {
-		w.Close()
-		return nil, err
-	}
-	e := &env{w: w, nc: nc, dir: dir, refs: map[string][]string{}}
-	e.js, _ = jetstream.New(nc)
-	e.c, _ = natsbus.NewClient(nc)
-	// The delivery service: acknowledges every upload at once.
-	if _, err := nc.Subscribe(w.Subjects().Outbound(events.KindUpload, "*"), func(m *nats.Msg) {
-		var u events.Upload
-		if json.Unmarshal(m.Data, &u) != nil {
-			return
-		}
-		e.mu.Lock()
-		e.refs[u.Pool] = append(e.refs[u.Pool], u.Ref)
-		e.mu.Unlock()
-		ev := events.Event{ID: "ack-" + u.Ref[:32], Type: events.TypeUploadAck, Time: time.Now().UTC(), Pool: u.Pool, Ref: u.Ref}
-		b, _ := json.Marshal(ev)
-		_, _ = e.js.PublishAsync(w.Subjects().Event(u.Pool, ev.Type), b, jetstream.WithMsgID(ev.MsgID()))
-	}); err != nil {
-		e.close()
-		return nil, err
-	}
-	policy := events.Policy{Target: new(target), LowWatermark: new(target / 2), HardCap: new(2 * target)}
-	for i := range pools {
-		id := fmt.Sprint("pool", i)
-		if _, err := e.c.RegisterSealed(context.Background(), id, natsbus.RegisterRequest{Identity: id, CipherSuite: 1, Policy: policy}); err != nil {
-			e.close()
-			return nil, err
-		}
-	}
-	return e, nil
-}
-
-func (e *env) close() {
-	e.nc.Close()
-	e.w.Close()
-	os.RemoveAll(e.dir)
-}
-
-func (e *env) waitFull(pools, target int, within time.Duration) error {
-	deadline := time.Now().Add(within)
-	for {
-		ps, err := e.w.Store().Pools()
-		if err != nil {
-			return err
-		}
-		full := 0
-		for _, p := range ps {
-			if p.Fresh >= target {
-				full++
-			}
-		}
-		if full == pools {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%d of %d pools full after %v", full, pools, within)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // kpoolClaims fills the pools, then claims p.claims distinct KeyPackages spread over
 // them, at full speed (rate 0: the rate applied is returned) or paced at rate (the
 // latency from each publish to its claimed transition is returned).
 func kpoolClaims(p params, rate float64) (float64, []time.Duration, error) {
-	e, err := startEnv(p.pools, p.target)
+	e, err := startEnv(envOptions{pools: p.pools, target: p.target, keepRefs: true})
 	if err != nil {
 		return 0, nil, err
 	}
@@ -380,7 +416,7 @@ func kpoolClaims(p params, rate float64) (float64, []time.Duration, error) {
 // massRefill registers every pool at once and times until all are full.
 func massRefill(p params) (float64, error) {
 	start := time.Now()
-	e, err := startEnv(p.refillPools, p.refillTarget)
+	e, err := startEnv(envOptions{pools: p.refillPools, target: p.refillTarget})
 	if err != nil {
 		return 0, err
 	}
