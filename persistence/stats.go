@@ -14,9 +14,12 @@ type Stats struct {
 	FileSize  int64
 	PageSize  int
 	FreePages int // pages on bbolt's freelist: their old bytes stay until reused
-	Schema    uint32
-	Sealed    bool // a key check is stored: records are sealed under a key file
-	Meta      pool.Meta
+	// PendingPages were freed by transactions an open read transaction may still see;
+	// FreelistBytes is the freelist as written on every commit.
+	PendingPages, FreelistBytes int
+	Schema                      uint32
+	Sealed                      bool // a key check is stored: records are sealed under a key file
+	Meta                        pool.Meta
 
 	JournalFirst, JournalLast uint64
 	Journal                   int
@@ -32,7 +35,8 @@ func (s *Store) Stats() (st Stats, err error) {
 		v := newTxView(tx)
 		st.FileSize = tx.Size()
 		st.PageSize = s.db.Info().PageSize
-		st.FreePages = s.db.Stats().FreePageN
+		dbs := s.db.Stats()
+		st.FreePages, st.PendingPages, st.FreelistBytes = dbs.FreePageN, dbs.PendingPageN, dbs.FreelistInuse
 		if b := v.meta.Get(kSchema); len(b) == 4 {
 			st.Schema = binary.BigEndian.Uint32(b)
 		}

@@ -2,11 +2,14 @@
 // run, interleaved over rounds: claims applied by the real worker (embedded nats-server,
 // bbolt with fsync, a delivery service acknowledging the refills the claims cause, a tick
 // a second) against a bare JetStream consumer of the same messages and bare bbolt writes
-// of the same records; the latency from publish to the claim's transition at half the
-// measured rate; and a mass refill against mls.Generate on every core.
+// of the same records; the latency from publish to the claim's transition at full and at
+// half the measured rate; a mass refill against mls.Generate on every core; memory and
+// database size after 100 000 and 1 000 000 events; and the longest stall in applying
+// events under a steady load.
 //
-//	go run ./cmd/bench-e2e            # full: 3 rounds
-//	go run ./cmd/bench-e2e -quick     # under two minutes
+//	go run ./cmd/bench-e2e                          # full: 3 rounds, about ten minutes
+//	go run ./cmd/bench-e2e -quick                   # under two minutes
+//	go run ./cmd/bench-e2e -only stall -stall 10m   # the stall figure (make bench-stall)
 package main
 
 import (
@@ -200,8 +203,8 @@ func runClaims(p params) error {
 
 func printMemory(ss []memSample) {
 	for _, s := range ss {
-		fmt.Printf("| after %d events (%.0f days of event time): worker heap in use after GC, RSS (anonymous), db file | %s, %s (%s), %s (%d free pages of %d B); %d journal entries, %d dedup ids, %d KeyPackage records | nats-server process: RSS %s, JetStream files %s | — |\n",
-			s.events, s.eventTime.Hours()/24, mib(s.heapInuse), mib(s.rss), mib(s.rssAnon), mib(uint64(s.dbSize)), s.freePages, s.pageSize, s.journal, s.ids, s.kps, mib(s.natsRSS), mib(s.natsDisk))
+		fmt.Printf("| after %d events (%.0f days of event time): worker heap in use after GC, RSS (anonymous), db file | %s, %s (%s), %s (%d free and %d pending pages of %d B, freelist %d B); %d journal entries, %d dedup ids, %d KeyPackage records | nats-server process: RSS %s, JetStream files %s | — |\n",
+			s.events, s.eventTime.Hours()/24, mib(s.heapInuse), mib(s.rss), mib(s.rssAnon), mib(uint64(s.dbSize)), s.freePages, s.pendingPages, s.pageSize, s.freelistBytes, s.journal, s.ids, s.kps, mib(s.natsRSS), mib(s.natsDisk))
 	}
 	if len(ss) >= 2 {
 		a, b := ss[0], ss[len(ss)-1]

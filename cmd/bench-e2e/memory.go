@@ -33,6 +33,8 @@ type memSample struct {
 	natsRSS, natsDisk uint64        // the nats-server child's VmRSS and JetStream files
 	dbSize            int64
 	freePages         int
+	pendingPages      int
+	freelistBytes     int
 	pageSize          int
 	journal, kps, ids int
 }
@@ -118,7 +120,8 @@ func memoryRun(pools, target int, marks []uint64, heapProfile string) ([]memSamp
 			return out, err
 		}
 		out = append(out, s)
-		fmt.Fprintf(os.Stderr, "memory: %d events: heap %s, RSS %s, db %s\n", s.events, mib(s.heapInuse), mib(s.rss), mib(uint64(s.dbSize)))
+		fmt.Fprintf(os.Stderr, "memory: %d events, %.0f days: heap %s, RSS %s (anon %s), db %s, %d free + %d pending pages, freelist %d B, journal %d, KeyPackages %d\n",
+			s.events, s.eventTime.Hours()/24, mib(s.heapInuse), mib(s.rss), mib(s.rssAnon), mib(uint64(s.dbSize)), s.freePages, s.pendingPages, s.freelistBytes, s.journal, s.kps)
 		if mark == marks[len(marks)-1] && heapProfile != "" {
 			if err := writeHeapProfile(heapProfile); err != nil {
 				return out, err
@@ -153,6 +156,7 @@ func sampleMemory(e *env, clk *simClock, ns *natsChild) (memSample, error) {
 		return s, err
 	}
 	s.dbSize, s.freePages, s.pageSize = fi.Size(), st.FreePages, st.PageSize
+	s.pendingPages, s.freelistBytes = st.PendingPages, st.FreelistBytes
 	s.journal, s.kps, s.ids = st.Journal, st.KeyPackages, st.Seen
 	return s, nil
 }
