@@ -52,9 +52,21 @@ func partKey(p int) string { return "p." + strconv.Itoa(p) }
 // partitions. Partitions are taken by the ownership loop, not before Start returns.
 func (w *Worker) startCluster(ctx context.Context) error {
 	cc := w.cfg.Cluster
-	b, err := natsbus.EnsureBuckets(ctx, w.js, w.cfg.Prefix, w.cfg.Streams.Replicas, cc.LeaseTTL)
-	if err != nil {
-		return fmt.Errorf("worker: %w", err)
+	// Buckets are created by whichever worker comes first; on a cluster that has just
+	// formed (or with several workers starting at once) that can take a few tries.
+	var b natsbus.ClusterBuckets
+	var err error
+	for deadline, backoff := time.Now().Add(w.cfg.StartTimeout), 250*time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+		if b, err = natsbus.EnsureBuckets(ctx, w.js, w.cfg.Prefix, w.cfg.Streams.Replicas, cc.LeaseTTL); err == nil {
+			break
+		}
+		if time.Now().Add(backoff).After(deadline) {
+			return fmt.Errorf("worker: %w", err)
+		}
+		w.log.Warn("creating the cluster's buckets failed; retrying", "err", err, "in", backoff)
+		if !w.sleepCtx(backoff) {
+			return fmt.Errorf("worker: %w", err)
+		}
 	}
 	if err := w.checkClusterKey(ctx, b.Checkpoints); err != nil {
 		return err

@@ -113,7 +113,7 @@ type runOptions struct {
 	logJSON, newDatabase                                  bool
 	cluster                                               bool
 	partitions                                            int
-	workerID, leaseTTL                                    string
+	workerID, leaseTTL, snapshotEvery                     string
 	streams                                               natsbus.StreamOptions
 }
 
@@ -152,6 +152,7 @@ func runCmdFor(o *runOptions) *cobra.Command {
 	fs.BoolVar(&o.cluster, "cluster", envOr("KPOOL_CLUSTER", "") != "", "run as one of several workers sharing the NATS cluster: pools spread over --partitions, each owned by one worker at a time (docs/scale-out.md) [KPOOL_CLUSTER]")
 	fs.IntVar(&o.partitions, "partitions", events.DefaultPartitions, "with --cluster: number of partitions P, fixed per deployment")
 	fs.StringVar(&o.workerID, "worker-id", envOr("KPOOL_WORKER_ID", ""), "with --cluster: this worker's name among the others (default: host name and a random suffix) [KPOOL_WORKER_ID]")
+	fs.StringVar(&o.snapshotEvery, "snapshot-every", envOr("KPOOL_SNAPSHOT_EVERY", "5m"), "with --cluster: how often an owner copies a changed partition view to the snapshots store [KPOOL_SNAPSHOT_EVERY]")
 	fs.StringVar(&o.leaseTTL, "lease-ttl", envOr("KPOOL_LEASE_TTL", "5s"), "with --cluster: a stopped worker's partitions move to the others after about this long [KPOOL_LEASE_TTL]")
 	fs.StringVar(&o.startTimeout, "start-timeout", envOr("KPOOL_START_TIMEOUT", "30s"), "how long start-up keeps trying to reach --nats-url before giving up [KPOOL_START_TIMEOUT]")
 	fs.StringVar(&o.logLevel, "log-level", envOr("KPOOL_LOG_LEVEL", "info"), "debug, info, warn or error [KPOOL_LOG_LEVEL]")
@@ -194,6 +195,10 @@ func (o *runOptions) workerConfig(stderr io.Writer) (worker.Config, error) {
 	if err != nil {
 		return worker.Config{}, usagef("--lease-ttl %q: %w", o.leaseTTL, err)
 	}
+	snapshotEvery, err := time.ParseDuration(o.snapshotEvery)
+	if err != nil || snapshotEvery <= 0 {
+		return worker.Config{}, usagef("--snapshot-every %q: a positive duration such as 5m", o.snapshotEvery)
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return worker.Config{}, usagef("--log-level %q: %w", o.logLevel, err)
@@ -209,7 +214,7 @@ func (o *runOptions) workerConfig(stderr io.Writer) (worker.Config, error) {
 		Streams: o.streams, StartTimeout: startTimeout}
 	cfg.Streams.Replicas = replicas
 	if o.cluster {
-		cfg.Cluster = worker.ClusterConfig{Enabled: true, Partitions: o.partitions, WorkerID: o.workerID, LeaseTTL: leaseTTL, Replicas: replicas}
+		cfg.Cluster = worker.ClusterConfig{Enabled: true, Partitions: o.partitions, WorkerID: o.workerID, LeaseTTL: leaseTTL, Replicas: replicas, SnapshotEvery: snapshotEvery}
 	}
 	if cfg.NATSOptions, err = cf.options(); err != nil {
 		return worker.Config{}, usageError{err}

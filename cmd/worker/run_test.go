@@ -240,6 +240,7 @@ func TestRunFlagErrors(t *testing.T) {
 		{[]string{"--cluster", "--worker-id", "a b"}, nil, `worker id "a b"`},
 		{[]string{"--cluster", "--lease-ttl", "soon"}, nil, `--lease-ttl "soon"`},
 		{[]string{"--cluster", "--lease-ttl", "100ms"}, nil, "lease TTL 100ms is under 1s"},
+		{[]string{"--cluster", "--snapshot-every", "0s"}, nil, `--snapshot-every "0s"`},
 	} {
 		for k, v := range tc.env {
 			t.Setenv(k, v)
