@@ -91,7 +91,7 @@ type Config struct {
 	NoSync bool
 	// JournalRetention keeps journal entries, and the dedup ids they carry, whose event
 	// time is within this long of the newest. Default (0): Streams.EventsMaxAge, else
-	// DefaultJournalRetention — the events stream's age, so the database stops growing
+	// DefaultJournalRetention — the events stream's age, so the journal stops growing
 	// while every event the stream can still redeliver is recognised as a duplicate.
 	// KeepJournal (any negative value) keeps everything. A redelivery older than this is
 	// no longer recognised as a duplicate; `replay --verify` and `log export` see only
