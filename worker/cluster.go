@@ -15,6 +15,7 @@ import (
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/events/natsbus"
 	"github.com/kpool/kpool/persistence"
+	"github.com/kpool/kpool/pool"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -249,7 +250,10 @@ func (c *cluster) acquire(ctx context.Context, p int, rev uint64, leased time.Ti
 	}
 	e := c.w.newEngine(p)
 	e.leaseUntil.Store(leased.Add(c.safeTTL()).UnixNano())
-	e.published, e.catchUp = published, st.CachedInfo().State.LastSeq
+	e.published = published
+	if e.catchUp, err = lastSeqOf(ctx, st, e.filters); err != nil {
+		return err
+	}
 	dir := filepath.Join(c.w.cfg.DataDir, "partitions", fmt.Sprintf("%04d", p))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -286,6 +290,23 @@ func (c *cluster) acquire(ctx context.Context, p int, rev uint64, leased time.Ti
 	c.mu.Unlock()
 	c.w.log.Info("partition taken", "partition", p, "applied", e.appliedSeq.Load(), "from_snapshot", restored, "catch_up_to", e.catchUp, "published_through", published)
 	return nil
+}
+
+// lastSeqOf is the stream sequence of the last message under any of filters (0: none):
+// where a new owner has caught up with its partition's log.
+func lastSeqOf(ctx context.Context, st jetstream.Stream, filters []string) (uint64, error) {
+	var last uint64
+	for _, f := range filters {
+		m, err := st.GetLastMsgForSubject(ctx, f)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("last message of %s: %w", f, err)
+		}
+		last = max(last, m.Sequence)
+	}
+	return last, nil
 }
 
 // release hands a partition over: its engine publishes what is pending, the checkpoint
@@ -325,8 +346,12 @@ func (c *cluster) drop(p int, flush bool) *lease {
 	c.mu.Lock()
 	delete(c.owned, p)
 	c.mu.Unlock()
+	pools, _ := l.e.store.Pools()
 	if err := l.e.stopInputs(flush); err != nil {
 		c.w.log.Warn("stopping a partition", "partition", p, "err", err)
+	}
+	for _, pl := range pools { // the next owner reports them
+		c.w.metrics.forget(pl.ID)
 	}
 	return l
 }
@@ -341,6 +366,20 @@ func (c *cluster) leave() {
 	ctx, cancel := context.WithTimeout(context.Background(), c.ttl)
 	defer cancel()
 	_ = c.b.Owners.Delete(ctx, "w."+c.id)
+}
+
+// poolGauges sets the gauges of the engine's pools: a worker reports the pools of the
+// partitions it owns (drop removes them), so that sums over workers count each pool once.
+func (w *Worker) poolGauges() {
+	pools, err := w.store.Pools()
+	if err != nil {
+		w.log.Warn("reading the partition's pools for their gauges", "err", err)
+		return
+	}
+	meta, _ := w.store.Meta()
+	for _, p := range pools {
+		w.metrics.observe(pool.StatusOf(p, meta.Time))
+	}
 }
 
 // newEngine makes the engine of partition p: a Worker with its own input sequence and

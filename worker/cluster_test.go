@@ -215,7 +215,7 @@ var clusterPools = flag.Int("cluster-pools", 1000, "pools in TestCluster")
 
 func smallPools() *pool.Config {
 	c := pool.DefaultConfig()
-	c.Target, c.LowWatermark, c.HardCap = 2, 1, 4
+	c.Target, c.LowWatermark, c.HardCap = 2, 2, 6 // every claim is refilled: generation resumes on a new owner
 	return &c
 }
 
@@ -319,7 +319,7 @@ func (l *clusterLoad) check(t *testing.T, js jetstream.JetStream, within time.Du
 		}
 		for _, st := range list {
 			c := st.Counts
-			if c.Claimed != perPool[st.Pool] || c.Deleted != takes[st.Pool] || c.Available < 1 || c.Created != 0 || c.Available+c.Claimed > st.HardCap {
+			if c.Claimed != perPool[st.Pool] || c.Deleted != takes[st.Pool] || c.Available < st.Target || c.Created != 0 || c.Available+c.Claimed > st.HardCap {
 				bad = fmt.Sprintf("pool %s: %+v after %d claims and %d takes", st.Pool, c, perPool[st.Pool], takes[st.Pool])
 				return false
 			}
@@ -478,6 +478,37 @@ func TestCluster(t *testing.T) {
 		}
 		l.check(t, js, 60*time.Second)
 		l.takeOnceIn(t, ws[3])
+		// Each pool's gauges come from the one worker that owns it now.
+		eventually(t, 10*time.Second, "every pool's gauges reported by exactly one worker", func() bool {
+			seen := map[string]int{}
+			for _, w := range ws {
+				if w == nil {
+					continue
+				}
+				mfs, err := w.Gatherer().Gather()
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, mf := range mfs {
+					if mf.GetName() != "kpool_pool_available_fresh" {
+						continue
+					}
+					for _, m := range mf.GetMetric() {
+						for _, lp := range m.GetLabel() {
+							if lp.GetName() == "pool" {
+								seen[lp.GetValue()]++
+							}
+						}
+					}
+				}
+			}
+			for _, p := range l.pools {
+				if seen[p] != 1 {
+					return false
+				}
+			}
+			return len(seen) == len(l.pools)
+		})
 	})
 
 	t.Run("data directory lost", func(t *testing.T) {

@@ -98,6 +98,12 @@ func (m *metrics) observe(st events.Status) {
 	m.poolFresh.WithLabelValues(st.Pool).Set(float64(st.AvailableFresh))
 }
 
+// forget removes a pool's gauges: its partition moved to another worker, which reports it.
+func (m *metrics) forget(pool string) {
+	m.poolCount.DeletePartialMatch(prometheus.Labels{"pool": pool})
+	m.poolFresh.DeleteLabelValues(pool)
+}
+
 // Gatherer exposes the worker's metrics (tests, embedding).
 func (w *Worker) Gatherer() prometheus.Gatherer { return w.metrics.reg }
 

@@ -212,6 +212,9 @@ func (w *Worker) startInputs(ctx context.Context) error {
 	}
 	w.gen = newGenerator(w)
 	w.caughtUp = w.appliedSeq.Load() >= w.catchUp
+	if w.caughtUp && w.part >= 0 {
+		w.poolGauges()
+	}
 	if w.caughtUp {
 		if err := w.gen.resume(); err != nil {
 			return err

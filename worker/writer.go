@@ -540,6 +540,7 @@ func (w *Worker) afterCommit(outs []outcome) {
 	if !w.caughtUp && last >= w.catchUp {
 		w.caughtUp = true
 		w.log.Info("partition caught up; generating and answering", "stream_seq", last)
+		w.poolGauges()
 		if err := w.gen.resume(); err != nil {
 			w.log.Error("resuming generation", "err", err)
 		}
