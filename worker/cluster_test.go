@@ -19,6 +19,7 @@ import (
 
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/events/natsbus"
+	"github.com/kpool/kpool/mls"
 	"github.com/kpool/kpool/pool"
 	"github.com/kpool/kpool/worker"
 	"github.com/nats-io/nats-server/v2/server"
@@ -175,24 +176,47 @@ func balanced(t *testing.T, ws []*worker.Worker) {
 }
 
 // TestClusterOfOne: one worker in cluster mode on one server owns all 16 partitions and
-// does what a single worker does — register, fill, take — through the partitions.
+// does what a single worker does through them — every cipher suite, both custodies,
+// register, fill, list, take.
 func TestClusterOfOne(t *testing.T) {
 	ns := startNATS(t)
 	clock := newClock()
 	w := startClusterWorker(t, ns.URL(), t.TempDir(), filepath.Join(t.TempDir(), "kpool.key"), "solo", clock)
 	eventually(t, 20*time.Second, "16 partitions owned", func() bool { _, ok := owners([]*worker.Worker{w}, 16); return ok })
+	// Wall-clock events: in a cluster, "too far in the future" is judged against the time
+	// the stream stored an event, not a test's clock.
 	_, c := connect(t, ns.URL())
 	ds := startDS(t, c, true)
-	pools := []string{"alice", "bob", "carol", "dave"}
-	for _, p := range pools {
-		if _, err := c.Register(ctx(t), p, natsbus.RegisterRequest{Identity: p, CipherSuite: 1}, nil); err != nil {
+	var pools []string
+	for _, suite := range mls.AllSuites {
+		p := fmt.Sprintf("suite-%d", suite)
+		pools = append(pools, p)
+		if _, err := c.Register(ctx(t), p, natsbus.RegisterRequest{Identity: p, CipherSuite: uint16(suite)}, nil); err != nil {
 			t.Fatalf("register %s: %v", p, err)
 		}
 	}
-	eventually(t, 30*time.Second, "pools filled", func() bool {
+	cl := newMLSClient(t, 1, "carol@example.org", clock)
+	if _, err := c.RegisterSealed(ctx(t), "carol", natsbus.RegisterRequest{Identity: "carol@example.org", CipherSuite: 1,
+		Custody: events.CustodyClient, SignatureKey: cl.signer.Public()}); err != nil {
+		t.Fatalf("register client pool: %v", err)
+	}
+	pools = append(pools, "carol")
+	stop, err := c.RunClient(context.Background(), "carol", cl, natsbus.ClientOptions{OnError: func(err error) { t.Logf("client: %v", err) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	notFull := ""
+	defer func() {
+		if t.Failed() {
+			t.Log("not full:", notFull)
+		}
+	}()
+	eventually(t, 60*time.Second, "every pool full", func() bool {
 		for _, p := range pools {
 			st, err := c.Status(ctx(t), p)
-			if err != nil || st.Counts.Available < 10 {
+			if err != nil || st.AvailableFresh < 10 || st.Counts.Created != 0 {
+				notFull = fmt.Sprintf("%s: %+v %s %v", p, st.Counts, st.GenerationError, err)
 				return false
 			}
 		}
@@ -202,12 +226,21 @@ func TestClusterOfOne(t *testing.T) {
 	if err != nil || len(list) != len(pools) {
 		t.Fatalf("list: %d pools, %v", len(list), err)
 	}
-	ref := ds.refs("alice", false)[0]
-	if _, err := c.Take(ctx(t), "alice", ref, 1); err != nil {
-		t.Fatalf("take: %v", err)
+	if got := len(cl.held(t)); got != 11 {
+		t.Fatalf("the client holds %d KeyPackages, want 11 (10 and a last resort)", got)
 	}
-	if _, err := c.Take(ctx(t), "alice", ref, 1); err == nil {
-		t.Fatal("second take of the same KeyPackage succeeded")
+	for _, p := range pools[:len(pools)-1] {
+		ref := ds.refs(p, false)[0]
+		suite := list[slices.IndexFunc(list, func(st events.Status) bool { return st.Pool == p })].CipherSuite
+		if _, err := c.Take(ctx(t), p, ref, suite); err != nil {
+			t.Fatalf("take %s/%s: %v", p, ref, err)
+		}
+		if _, err := c.Take(ctx(t), p, ref, suite); err == nil {
+			t.Fatalf("second take of %s/%s succeeded", p, ref)
+		}
+	}
+	if _, err := c.Take(ctx(t), "carol", ds.refs("carol", false)[0], 1); err == nil || !strings.Contains(err.Error(), "custody") {
+		t.Fatalf("take from a client-custody pool: %v, want a refusal", err)
 	}
 }
 
