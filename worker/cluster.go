@@ -40,11 +40,13 @@ type cluster struct {
 	owned map[int]*lease
 }
 
-// lease is one owned partition: its engine and the revision of its lease key.
+// lease is one owned partition. Its fields are guarded by cluster.mu.
 type lease struct {
-	e    *Worker
-	rev  uint64
-	ckpt uint64 // last checkpoint written
+	rev      uint64    // revision of the lease key
+	until    time.Time // the lease may be relied on until then (local clock)
+	ckpt     uint64    // last checkpoint written
+	e        *Worker   // nil while the partition is being taken
+	dropping bool
 }
 
 func partKey(p int) string { return "p." + strconv.Itoa(p) }
@@ -76,8 +78,9 @@ func (w *Worker) startCluster(ctx context.Context) error {
 	w.log = w.log.With("worker", cc.WorkerID)
 	w.cluster = &cluster{w: w, id: cc.WorkerID, n: cc.Partitions, ttl: cc.LeaseTTL, b: b, owned: map[int]*lease{}}
 	w.ready.Store(true)
-	w.loops.Add(1)
-	go w.cluster.loop()
+	w.loops.Add(2)
+	go w.cluster.every(w.cluster.renew)   // never waits behind a partition being taken
+	go w.cluster.every(w.cluster.balance) // takes (which may download a snapshot) and gives back
 	w.log.Info("cluster mode", "partitions", cc.Partitions, "lease_ttl", cc.LeaseTTL, "replicas", w.cfg.Streams.Replicas)
 	return nil
 }
@@ -106,12 +109,13 @@ func (w *Worker) checkClusterKey(ctx context.Context, kv jetstream.KeyValue) err
 	return nil
 }
 
-func (c *cluster) loop() {
+// every runs fn every TTL/5 until the worker stops.
+func (c *cluster) every(fn func()) {
 	defer c.w.loops.Done()
 	t := time.NewTicker(c.ttl / 5)
 	defer t.Stop()
 	for {
-		c.balance()
+		fn()
 		select {
 		case <-c.w.ctx.Done():
 			return
@@ -120,19 +124,16 @@ func (c *cluster) loop() {
 	}
 }
 
-// balance renews the leases held, gives up what is over this worker's share and takes
-// free partitions up to it.
+// balance gives up what is over this worker's share and takes free partitions up to it.
 func (c *cluster) balance() {
 	ctx, cancel := context.WithTimeout(c.w.ctx, c.ttl/2)
 	defer cancel()
-	if _, err := c.b.Owners.Put(ctx, "w."+c.id, []byte(c.w.cfg.Clock().UTC().Format(time.RFC3339Nano))); err != nil {
-		c.w.log.Warn("cluster heartbeat failed", "err", err)
-	}
-	c.renew(ctx)
 	live, err := c.liveWorkers(ctx)
 	i := slices.Index(live, c.id)
 	if err != nil || i < 0 {
-		c.w.log.Warn("listing the cluster's workers failed", "err", err)
+		if c.w.ctx.Err() == nil {
+			c.w.log.Warn("listing the cluster's workers failed", "err", err)
+		}
 		return
 	}
 	// Quotas by rank among the live workers add up to P exactly: n/live each, one more
@@ -157,36 +158,70 @@ func (c *cluster) balance() {
 		if err != nil {
 			continue // owned by another worker (or NATS is unreachable)
 		}
-		if err := c.acquire(ctx, p, rev, start); err != nil {
+		l := &lease{rev: rev, until: start.Add(c.safeTTL())}
+		c.mu.Lock()
+		c.owned[p] = l // renewed from now on, while it is being taken
+		c.mu.Unlock()
+		// Taking it may download a snapshot: its own deadline, not the balance's.
+		actx, acancel := context.WithTimeout(c.w.ctx, 5*time.Minute)
+		err = c.acquire(actx, p, l)
+		acancel()
+		if err != nil {
 			c.w.log.Error("taking a partition failed; giving it back", "partition", p, "err", err)
-			_ = c.b.Owners.Delete(ctx, partKey(p), jetstream.LastRevision(rev))
+			c.release(p)
 			continue
 		}
 		owned = append(owned, p)
 	}
 }
 
-// renew extends each lease; a lease that another worker holds now, or that ran out
-// while NATS was unreachable, is dropped at once.
-func (c *cluster) renew(ctx context.Context) {
+// renew heartbeats and extends each lease; a lease that another worker holds now, or
+// that ran out while NATS was unreachable, is dropped at once.
+func (c *cluster) renew() {
+	ctx, cancel := context.WithTimeout(c.w.ctx, c.ttl/2)
+	defer cancel()
+	if _, err := c.b.Owners.Put(ctx, "w."+c.id, []byte(c.w.cfg.Clock().UTC().Format(time.RFC3339Nano))); err != nil && c.w.ctx.Err() == nil {
+		c.w.log.Warn("cluster heartbeat failed", "err", err)
+	}
 	for _, p := range c.ownedParts() {
-		l := c.get(p)
+		c.mu.Lock()
+		l := c.owned[p]
+		if l == nil || l.dropping {
+			c.mu.Unlock()
+			continue
+		}
+		rev, until := l.rev, l.until
+		c.mu.Unlock()
 		start := time.Now()
-		rev, err := c.b.Owners.Update(ctx, partKey(p), []byte(c.id), l.rev)
+		rev, err := c.b.Owners.Update(ctx, partKey(p), []byte(c.id), rev)
 		switch {
 		case err == nil:
-			l.rev = rev
-			l.e.leaseUntil.Store(start.Add(c.safeTTL()).UnixNano())
-			if d := l.e.drained.Load(); d > l.ckpt {
+			c.mu.Lock()
+			l.rev, l.until = rev, start.Add(c.safeTTL())
+			e, ckpt := l.e, l.ckpt
+			if e != nil {
+				e.leaseUntil.Store(l.until.UnixNano())
+			}
+			c.mu.Unlock()
+			if e == nil {
+				continue
+			}
+			if d := e.drained.Load(); d > ckpt {
 				if _, err := c.b.Checkpoints.Put(ctx, partKey(p), []byte(strconv.FormatUint(d, 10))); err == nil {
-					l.ckpt = d
+					c.mu.Lock()
+					l.ckpt = max(l.ckpt, d)
+					c.mu.Unlock()
 				}
 			}
-		case errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyNotFound) || time.Now().UnixNano() > l.e.leaseUntil.Load():
-			c.w.log.Warn("partition lease lost; stopping it", "partition", p, "err", err)
-			c.drop(p, false)
+		case errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyNotFound) || time.Now().After(until):
+			if c.w.ctx.Err() == nil {
+				c.w.log.Warn("partition lease lost; stopping it", "partition", p, "err", err)
+				c.drop(p, false)
+			}
 		default:
-			c.w.log.Warn("partition lease not renewed; retrying", "partition", p, "err", err)
+			if c.w.ctx.Err() == nil {
+				c.w.log.Warn("partition lease not renewed; retrying", "partition", p, "err", err)
+			}
 		}
 	}
 }
@@ -220,15 +255,11 @@ func (c *cluster) ownedParts() []int {
 	return ps
 }
 
-func (c *cluster) get(p int) *lease {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.owned[p]
-}
-
 // engine is the running engine of partition p, or nil when another worker owns it.
 func (c *cluster) engine(p int) *Worker {
-	if l := c.get(p); l != nil && l.e.leaseValid() && !l.e.releasing.Load() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if l := c.owned[p]; l != nil && l.e != nil && !l.dropping && l.e.leaseValid() && !l.e.releasing.Load() {
 		return l.e
 	}
 	return nil
@@ -236,7 +267,7 @@ func (c *cluster) engine(p int) *Worker {
 
 // acquire starts the engine of a partition just leased: it catches up from its local
 // view (or from the start of the log) before it generates or answers.
-func (c *cluster) acquire(ctx context.Context, p int, rev uint64, leased time.Time) error {
+func (c *cluster) acquire(ctx context.Context, p int, l *lease) error {
 	published := uint64(0)
 	switch e, err := c.b.Checkpoints.Get(ctx, partKey(p)); {
 	case err == nil:
@@ -249,7 +280,9 @@ func (c *cluster) acquire(ctx context.Context, p int, rev uint64, leased time.Ti
 		return err
 	}
 	e := c.w.newEngine(p)
-	e.leaseUntil.Store(leased.Add(c.safeTTL()).UnixNano())
+	c.mu.Lock()
+	e.leaseUntil.Store(l.until.UnixNano())
+	c.mu.Unlock()
 	e.published = published
 	if e.catchUp, err = lastSeqOf(ctx, st, e.filters); err != nil {
 		return err
@@ -286,8 +319,16 @@ func (c *cluster) acquire(ctx context.Context, p int, rev uint64, leased time.Ti
 	e.loops.Add(1)
 	go e.snapshotLoop(restored) // a restored copy need not be stored again
 	c.mu.Lock()
-	c.owned[p] = &lease{e: e, rev: rev, ckpt: published}
+	dropped := l.dropping
+	if !dropped {
+		l.e, l.ckpt = e, published
+		e.leaseUntil.Store(l.until.UnixNano())
+	}
 	c.mu.Unlock()
+	if dropped { // lost while it was being taken
+		_ = e.route.Unsubscribe()
+		return errors.Join(errors.New("the lease was lost while the partition was being taken"), e.stopInputs(false))
+	}
 	c.w.log.Info("partition taken", "partition", p, "applied", e.appliedSeq.Load(), "from_snapshot", restored, "catch_up_to", e.catchUp, "published_through", published)
 	return nil
 }
@@ -318,36 +359,52 @@ func (c *cluster) release(p int) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.ttl)
 	defer cancel()
-	if d := l.e.drained.Load(); d > l.ckpt {
-		_, _ = c.b.Checkpoints.Put(ctx, partKey(p), []byte(strconv.FormatUint(d, 10)))
+	c.mu.Lock()
+	e, ckpt, rev := l.e, l.ckpt, l.rev
+	c.mu.Unlock()
+	if e != nil {
+		if d := e.drained.Load(); d > ckpt {
+			_, _ = c.b.Checkpoints.Put(ctx, partKey(p), []byte(strconv.FormatUint(d, 10)))
+		}
 	}
-	if err := c.b.Owners.Delete(ctx, partKey(p), jetstream.LastRevision(l.rev)); err != nil {
+	if err := c.b.Owners.Delete(ctx, partKey(p), jetstream.LastRevision(rev)); err != nil {
 		c.w.log.Warn("partition lease not deleted; it expires", "partition", p, "err", err)
 	}
 	c.w.log.Info("partition released", "partition", p)
 }
 
-// drop stops a partition's engine; flush publishes its outbox first (a release, not a
-// lost lease).
+// drop stops a partition's engine and forgets its lease; flush publishes its outbox
+// first (a release, not a lost lease). Nil when the partition is not held (or another
+// drop has it).
 func (c *cluster) drop(p int, flush bool) *lease {
-	l := c.get(p)
-	if l == nil {
+	c.mu.Lock()
+	l := c.owned[p]
+	if l == nil || l.dropping {
+		c.mu.Unlock()
 		return nil
 	}
-	l.e.releasing.Store(true) // new calls go to the next owner
-	if l.e.route != nil {
-		_ = l.e.route.Unsubscribe()
+	l.dropping = true
+	e := l.e
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.owned, p)
+		c.mu.Unlock()
+	}()
+	if e == nil { // still being taken: acquire stops it when it sees dropping
+		return l
+	}
+	e.releasing.Store(true) // new calls go to the next owner
+	if e.route != nil {
+		_ = e.route.Unsubscribe()
 	}
 	if flush { // the calls under way finish here (their inputs are in the log already)
-		for deadline := time.Now().Add(5 * time.Second); l.e.pending.size() > 0 && time.Now().Before(deadline) && l.e.leaseValid(); {
+		for deadline := time.Now().Add(5 * time.Second); e.pending.size() > 0 && time.Now().Before(deadline) && e.leaseValid(); {
 			time.Sleep(20 * time.Millisecond) // polling interval
 		}
 	}
-	c.mu.Lock()
-	delete(c.owned, p)
-	c.mu.Unlock()
-	pools, _ := l.e.store.Pools()
-	if err := l.e.stopInputs(flush); err != nil {
+	pools, _ := e.store.Pools()
+	if err := e.stopInputs(flush); err != nil {
 		c.w.log.Warn("stopping a partition", "partition", p, "err", err)
 	}
 	for _, pl := range pools { // the next owner reports them
@@ -414,8 +471,8 @@ func (w *Worker) PartitionStore(p int) *persistence.Store {
 	if w.cluster == nil {
 		return nil
 	}
-	if l := w.cluster.get(p); l != nil {
-		return l.e.store
+	if e := w.cluster.engine(p); e != nil {
+		return e.store
 	}
 	return nil
 }
@@ -425,8 +482,8 @@ func (w *Worker) PartitionApplied(p int) (uint64, bool) {
 	if w.cluster == nil {
 		return 0, false
 	}
-	if l := w.cluster.get(p); l != nil {
-		return l.e.appliedSeq.Load(), true
+	if e := w.cluster.engine(p); e != nil {
+		return e.appliedSeq.Load(), true
 	}
 	return 0, false
 }

@@ -705,3 +705,31 @@ func TestClusterRebuildsFromSnapshot(t *testing.T) {
 		t.Fatalf("take after the rebuild from a snapshot: %v", err)
 	}
 }
+
+// TestClusterLeaseLost: a worker whose lease key was taken over (as after a pause longer
+// than the lease) stops its partition at the next renewal, and takes it again once the
+// other holder's lease has expired.
+func TestClusterLeaseLost(t *testing.T) {
+	ns := startNATS(t)
+	w := startClusterWorker(t, ns.URL(), t.TempDir(), filepath.Join(t.TempDir(), "kpool.key"), "w", newClock(),
+		func(c *worker.Config) { c.Cluster.Partitions = 2 })
+	both := func() bool { return slices.Equal(w.Partitions(), []int{0, 1}) }
+	eventually(t, 20*time.Second, "both partitions owned", both)
+	nc, _ := connect(t, ns.URL())
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(ctx(t), "KPOOL_OWNERS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Purge(ctx(t), "p.0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(ctx(t), "p.0", []byte("intruder")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "partition 0 given up", func() bool { return slices.Equal(w.Partitions(), []int{1}) })
+	if w.PartitionStore(0) != nil {
+		t.Fatal("the worker still runs partition 0's engine")
+	}
+	eventually(t, 20*time.Second, "partition 0 taken again after the intruder's lease expired", both)
+}

@@ -67,7 +67,7 @@ type Worker struct {
 	msgIDPrefix string        // outbound Nats-Msg-Ids: partitions share the outbound streams
 	leaseUntil  atomic.Int64  // an engine's lease ends then (unix nanoseconds, local clock)
 	published   uint64        // effects of inputs up to it are out already (previous owner)
-	catchUp     uint64        // the stream's last sequence when the engine took its partition
+	catchUp     uint64        // its partition's last message when the engine took it
 	caughtUp    bool          // writer goroutine only
 	drained     atomic.Uint64 // every effect of inputs up to it has been published
 	route       *nats.Subscription

@@ -48,7 +48,7 @@ const SecretsHeader = "Kpool-Secrets"
 
 // Codes the edge adds to those of events.Code and the core's RejectError.
 const (
-	CodeFutureTime   = "future_time"   // event time beyond wall clock + MaxSkew
+	CodeFutureTime   = "future_time"   // event time beyond the clock (cluster: the stream's storage time) + MaxSkew
 	CodeInternalType = "internal_type" // generated / pool_registered come from the worker itself
 	CodeStore        = "store_refused" // the store refused the step's result (e.g. missing secret)
 	CodeAbandoned    = "abandoned"     // an internal input whose call is gone (restart, timeout)
