@@ -110,10 +110,14 @@ func (w *Worker) callAPI(ep endpoint, id string, data []byte) (any, error) {
 		return nil, err
 	}
 	if w.ctx.Err() != nil {
-		return nil, apiErr(natsbus.CodeUnavailable, "the worker is shutting down")
+		return nil, errShuttingDown
 	}
 	return ep.fn(w, id, data)
 }
+
+// errShuttingDown answers a call that reached a worker (or a partition's engine) that is
+// stopping; nothing was done.
+var errShuttingDown = &apiError{code: natsbus.CodeUnavailable, desc: "the worker is shutting down"}
 
 func checkPoolArg(ep endpoint, id string) error {
 	if ep.perPool {

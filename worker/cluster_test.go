@@ -155,7 +155,7 @@ func owners(ws []*worker.Worker, n int) (map[int]int, bool) {
 // evenly (each holds at most ⌈16/n⌉, so none is left to take).
 func balanced(t *testing.T, ws []*worker.Worker) {
 	t.Helper()
-	eventually(t, 30*time.Second, "16 partitions owned once each, spread evenly", func() bool {
+	eventually(t, 60*time.Second, "16 partitions owned once each, spread evenly", func() bool {
 		if _, ok := owners(ws, 16); !ok {
 			return false
 		}
@@ -436,7 +436,11 @@ func TestCluster(t *testing.T) {
 	nc, c := connect(t, url)
 	js, _ := jetstream.New(nc)
 	l := &clusterLoad{t: t, c: c, ds: startDS(t, c, true), claimed: map[string]string{}, taken: map[string]string{}}
-	for i := range *clusterPools {
+	n := *clusterPools
+	if raceEnabled {
+		n /= 4
+	}
+	for i := range n {
 		l.pools = append(l.pools, fmt.Sprintf("pool-%04d", i))
 	}
 	start := time.Now()

@@ -51,7 +51,13 @@ func (c *cluster) callPartition(p int, ep endpoint, id string, data []byte) (any
 	deadline := time.Now().Add(c.ttl + 2*time.Second)
 	for {
 		if e := c.engine(p); e != nil {
-			return e.callAPI(ep, id, data)
+			resp, err := e.callAPI(ep, id, data)
+			// The engine stopped (its partition moved) before the call's input reached
+			// the log: the call goes to the partition's next owner.
+			if stopped := e.ctx.Err() != nil && (errors.Is(err, errNothingChanged) || errors.Is(err, errShuttingDown)); !stopped || time.Now().After(deadline) {
+				return resp, err
+			}
+			continue
 		}
 		msg, err := c.w.nc.Request(c.w.routeSubject(p, ep, id), data, routeTimeout)
 		if errors.Is(err, nats.ErrNoResponders) && time.Now().Before(deadline) && c.w.sleepCtx(100*time.Millisecond) {

@@ -135,6 +135,10 @@ func (p *pendingCalls) finish(token string, a applied) {
 	}
 }
 
+// errNothingChanged ends the error of a call whose input was never applied: it may be
+// repeated (in a cluster, at the partition's next owner).
+var errNothingChanged = errors.New("nothing changed")
+
 // callTimeout bounds how long an API call or the generator waits for its input.
 const callTimeout = 30 * time.Second
 
@@ -150,7 +154,7 @@ func (w *Worker) submit(in persistence.Input) (persistence.Result, error) {
 	ids, err := w.replicateSecrets(ctx, in)
 	if err != nil {
 		w.pending.abandon(token)
-		return persistence.Result{}, fmt.Errorf("replicating private keys before publishing the input: %w; nothing changed", err)
+		return persistence.Result{}, fmt.Errorf("replicating private keys before publishing the input: %w; %w", err, errNothingChanged)
 	}
 	published := true
 	if err := w.publishInput(ctx, in.Event, token, ids); err != nil {
@@ -174,7 +178,7 @@ func (w *Worker) submit(in persistence.Input) (persistence.Result, error) {
 				// In a cluster the log decides: whoever owns the partition next applies it.
 				return persistence.Result{}, fmt.Errorf("%s; the input is in the log and the partition's next owner applies it: check with status or get before repeating", why)
 			}
-			return persistence.Result{}, fmt.Errorf("%s; abandoned, nothing changed", why)
+			return persistence.Result{}, fmt.Errorf("%s; abandoned, %w", why, errNothingChanged)
 		}
 		select {
 		case a := <-call.done:
