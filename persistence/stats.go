@@ -31,6 +31,14 @@ type Stats struct {
 // Stats reads the counters of every bucket in one read transaction.
 func (s *Store) Stats() (st Stats, err error) {
 	st.Path = s.path
+	// Bucket statistics recurse through the page tree: a damaged file whose pages form a
+	// cycle would overflow the stack, which no recover catches. Walk the pages first
+	// (as Check does) where no writer can change them under the walk.
+	if s.opts.ReadOnly {
+		if _, err := verifyPages(s.path); err != nil {
+			return st, err
+		}
+	}
 	err = s.view(func(tx *bolt.Tx) error {
 		v := newTxView(tx)
 		st.FileSize = tx.Size()
