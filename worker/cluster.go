@@ -15,7 +15,6 @@ import (
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/events/natsbus"
 	"github.com/kpool/kpool/persistence"
-	"github.com/kpool/kpool/pool"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -423,20 +422,6 @@ func (c *cluster) leave() {
 	ctx, cancel := context.WithTimeout(context.Background(), c.ttl)
 	defer cancel()
 	_ = c.b.Owners.Delete(ctx, "w."+c.id)
-}
-
-// poolGauges sets the gauges of the engine's pools: a worker reports the pools of the
-// partitions it owns (drop removes them), so that sums over workers count each pool once.
-func (w *Worker) poolGauges() {
-	pools, err := w.store.Pools()
-	if err != nil {
-		w.log.Warn("reading the partition's pools for their gauges", "err", err)
-		return
-	}
-	meta, _ := w.store.Meta()
-	for _, p := range pools {
-		w.metrics.observe(pool.StatusOf(p, meta.Time))
-	}
 }
 
 // newEngine makes the engine of partition p: a Worker with its own input sequence and

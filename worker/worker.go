@@ -295,20 +295,29 @@ func (w *Worker) dial(url string, opts []nats.Option) (*nats.Conn, error) {
 }
 
 func (w *Worker) logPools() {
-	pools, err := w.store.Pools()
-	if err != nil {
-		w.log.Error("reading pools", "err", err)
-		return
-	}
-	meta, _ := w.store.Meta()
+	pools, meta := w.poolGauges()
 	w.log.Info("worker running", "prefix", w.cfg.Prefix, "pools", len(pools), "seq", meta.Seq, "stream_seq", w.appliedSeq.Load(), "core_time", meta.Time, "tick", w.cfg.Tick)
 	for _, p := range pools {
-		// Every pool's gauges from the start, not only after its status next changes.
-		w.metrics.observe(pool.StatusOf(p, meta.Time))
 		w.log.Info("pool", "pool", p.ID, "identity", p.Identity, "cipher_suite", p.CipherSuite,
 			"created", p.Counts.Created, "available", p.Counts.Available, "claimed", p.Counts.Claimed,
 			"expired", p.Counts.Expired, "fresh", p.Fresh, "target", p.Config.Target)
 	}
+}
+
+// poolGauges sets every pool's gauges from the store, not only after its status next
+// changes. In a cluster a worker reports the pools of the partitions it owns (drop
+// removes them), so that sums over workers count each pool once.
+func (w *Worker) poolGauges() ([]pool.Pool, pool.Meta) {
+	pools, err := w.store.Pools()
+	if err != nil {
+		w.log.Error("reading pools", "err", err)
+		return nil, pool.Meta{}
+	}
+	meta, _ := w.store.Meta()
+	for _, p := range pools {
+		w.metrics.observe(pool.StatusOf(p, meta.Time))
+	}
+	return pools, meta
 }
 
 // ClientURL is the URL of the NATS server the worker uses (the embedded one's, or the
