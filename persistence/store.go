@@ -80,7 +80,13 @@ func Open(path string, opts Options) (*Store, error) {
 			MaxSize:  opts.MaxSize,
 			// Read-only tools report free pages (bytes that may linger, docs/storage.md).
 			PreLoadFreelist: opts.ReadOnly,
-			FreelistType:    bolt.FreelistMapType,
+			// The array freelist hands out the lowest free run that fits. The hashmap one
+			// splits whichever larger run map order yields first, so under kpool's churn
+			// no run was left long enough for the freelist that every commit writes, and
+			// the file grew while its contents did not; with the array it levels off. The
+			// freelist stays in the file: without it (NoFreelistSync) every open walks all
+			// pages, over a second per GiB. Figures: docs/benchmarks.md, "Freelist".
+			FreelistType: bolt.FreelistArrayType,
 			// Growing the mapping waits for every read transaction to end; the step stage
 			// and API readers hold them all the time. Address space is cheap: map 1 GiB up
 			// front so that growth rarely stalls a commit.
