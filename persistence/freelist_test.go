@@ -45,7 +45,7 @@ func TestFreelistKeptInFile(t *testing.T) {
 // and back after them.
 func BenchmarkOpenFreelist(b *testing.B) {
 	needBig(b)
-	for _, n := range []int{200_000, 1_000_000} {
+	for _, n := range []int{40_000, 200_000, 1_000_000} {
 		b.Run(fmt.Sprintf("%dk", n/1000), func(b *testing.B) {
 			path := filepath.Join(bigDB(b, n, bigPerPool), "kpool.db")
 			st, _ := os.Stat(path)
