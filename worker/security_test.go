@@ -37,6 +37,27 @@ func securityConfig(t *testing.T) string {
 	return path
 }
 
+// startSecureNATS starts an embedded nats-server with the configuration of
+// docs/security.md and returns its client URL.
+func startSecureNATS(t *testing.T) string {
+	t.Helper()
+	opts, err := server.ProcessConfigFile(securityConfig(t))
+	if err != nil {
+		t.Fatalf("the configuration of docs/security.md: %v", err)
+	}
+	opts.Host, opts.Port, opts.StoreDir, opts.NoLog, opts.NoSigs = "127.0.0.1", -1, t.TempDir(), true, true
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	t.Cleanup(ns.Shutdown)
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	return ns.ClientURL()
+}
+
 // role is one NATS user's connection; denied records the server's permission violations.
 type role struct {
 	name   string
@@ -99,21 +120,7 @@ func (r *role) refused(t *testing.T, what, subject string, act func(ctx context.
 // what it needs and nothing it must not: no cross-pool publish, take, register or read
 // of uploads, no dead letters outside operators, no take by operators.
 func TestSecurityConfig(t *testing.T) {
-	opts, err := server.ProcessConfigFile(securityConfig(t))
-	if err != nil {
-		t.Fatalf("the configuration of docs/security.md: %v", err)
-	}
-	opts.Host, opts.Port, opts.StoreDir, opts.NoLog, opts.NoSigs = "127.0.0.1", -1, t.TempDir(), true, true
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	t.Cleanup(ns.Shutdown)
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	url := ns.ClientURL()
+	url := startSecureNATS(t)
 	clock := newClock()
 	w := startWorker(t, url, t.TempDir(), clock, func(c *worker.Config) {
 		c.NATSOptions = []nats.Option{nats.UserInfo("worker", "worker-secret")}
