@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -151,6 +152,10 @@ func TestClusterSecurityConfig(t *testing.T) {
 		return seq >= applied
 	})
 
+	// A snapshot larger than the server's flow-control window (about 1 MB of unanswered
+	// deliveries) is read back only if the reader may answer flow control.
+	probe(t, inspector)
+
 	// w2 joins with an empty data directory: it takes partitions 2 and 3 from w1 and
 	// rebuilds alice's from the snapshot.
 	w2 := startSecuredClusterWorker(t, url, keyFile, "w2")
@@ -256,5 +261,34 @@ func TestClusterSecurityConfig(t *testing.T) {
 		if v := s.refused(); len(v) > 0 {
 			t.Errorf("the worker user was refused under docs/security.md: %q", v)
 		}
+	}
+	inspector.mu.Lock()
+	defer inspector.mu.Unlock()
+	if len(inspector.denied) > 0 {
+		t.Errorf("the worker user was refused under docs/security.md: %q", inspector.denied)
+	}
+}
+
+// probe stores and reads back a 3 MB object in the snapshots bucket the way a worker
+// stores and restores a partition's view, with the worker user's rights.
+func probe(t *testing.T, worker *role) {
+	t.Helper()
+	b, err := natsbus.EnsureBuckets(ctx(t), worker.js, "kpool", 1, 2*time.Second)
+	if err != nil {
+		t.Fatalf("the worker user opens the cluster's buckets: %v", err)
+	}
+	big := bytes.Repeat([]byte("kpool snapshot probe "), 150_000)
+	if _, err := b.Snapshots.Put(ctx(t), jetstream.ObjectMeta{Name: "probe"}, bytes.NewReader(big)); err != nil {
+		t.Fatalf("the worker user stores a 3 MB object: %v", err)
+	}
+	path := filepath.Join(t.TempDir(), "probe")
+	if err := b.Snapshots.GetFile(ctx(t), "probe", path); err != nil {
+		t.Fatalf("the worker user reads back a 3 MB object: %v", err)
+	}
+	if got, err := os.ReadFile(path); err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("the 3 MB object read back differs (%d bytes, %v)", len(got), err)
+	}
+	if err := b.Snapshots.Delete(ctx(t), "probe"); err != nil {
+		t.Fatalf("the worker user deletes the probe: %v", err)
 	}
 }
