@@ -21,29 +21,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// lockedBuffer collects a worker's log lines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // securedClusterWorker is a cluster-mode worker connected as the `worker` user of
 // docs/security.md; violations collects what the server refused it.
 type securedClusterWorker struct {
 	w   *worker.Worker
-	log *lockedBuffer
+	log *syncBuffer // String keeps only the tail; logged reads it all
 
 	mu         sync.Mutex
 	violations []string
@@ -55,9 +37,16 @@ func (s *securedClusterWorker) refused() []string {
 	return append([]string(nil), s.violations...)
 }
 
+// logged reports whether the worker has logged a line matching re.
+func (s *securedClusterWorker) logged(re *regexp.Regexp) bool {
+	s.log.mu.Lock()
+	defer s.log.mu.Unlock()
+	return re.Match(s.log.b.Bytes())
+}
+
 func startSecuredClusterWorker(t *testing.T, url, keyFile, id string) *securedClusterWorker {
 	t.Helper()
-	s := &securedClusterWorker{log: &lockedBuffer{}}
+	s := &securedClusterWorker{log: &syncBuffer{}}
 	s.w = startWorker(t, url, t.TempDir(), newClock(), func(c *worker.Config) {
 		c.KeyFile = keyFile
 		c.Cluster = worker.ClusterConfig{Enabled: true, WorkerID: id, Partitions: 4, LeaseTTL: 2 * time.Second, SnapshotEvery: 100 * time.Millisecond}
@@ -110,30 +99,7 @@ func TestClusterSecurityConfig(t *testing.T) {
 		t.Fatalf("partitions of alice and bob: %d, %d (the test relies on 3 and 0)", alicePart, bobPart)
 	}
 	rk, _ := natsbus.NewRecipientKey(1)
-	if _, err := alice.c.Register(ctx(t), "alice", natsbus.RegisterRequest{Identity: "alice", CipherSuite: 1}, rk); err != nil {
-		t.Fatalf("client-alice registers alice: %v", err)
-	}
-	if _, err := ops.c.Register(ctx(t), "bob", natsbus.RegisterRequest{Identity: "bob", CipherSuite: 1}, nil); err != nil {
-		t.Fatalf("ops registers bob: %v", err)
-	}
-	var mu sync.Mutex
-	uploads := map[string][]string{}
-	for _, p := range []string{"alice", "bob"} {
-		stop, err := ds.c.ConsumeDeliveries(ctx(t), "ds-"+p, p, natsbus.DeliveryHandler{Upload: func(u events.Upload) error {
-			if !u.LastResort {
-				mu.Lock()
-				uploads[u.Pool] = append(uploads[u.Pool], u.Ref)
-				mu.Unlock()
-			}
-			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			return ds.c.UploadAck(cctx, u.Pool, u.Ref)
-		}})
-		if err != nil {
-			t.Fatalf("ds-ab consumes %s's deliveries: %v", p, err)
-		}
-		t.Cleanup(stop)
-	}
+	acked := registerAndAck(t, alice, ops, ds, rk)
 	full := func(p string) bool {
 		st, err := ops.c.Status(ctx(t), p)
 		return err == nil && st.Counts.Available >= 10
@@ -164,7 +130,7 @@ func TestClusterSecurityConfig(t *testing.T) {
 		return len(p1) == 2 && len(p2) == 2 && p1[0] == 0 && p1[1] == 1 && p2[0] == 2 && p2[1] == 3
 	})
 	restored := regexp.MustCompile(`partition taken".*partition=3 .*from_snapshot=[1-9]`)
-	if !restored.MatchString(w2.log.String()) {
+	if !w2.logged(restored) {
 		t.Fatalf("w2 did not rebuild partition 3 from the snapshot:\n%s", w2.log.String())
 	}
 
@@ -176,9 +142,7 @@ func TestClusterSecurityConfig(t *testing.T) {
 			t.Fatalf("ops lists the pools across both workers: %v %v", pools, err)
 		}
 	}
-	mu.Lock()
-	aliceRef, bobRef := uploads["alice"][0], uploads["bob"][0]
-	mu.Unlock()
+	aliceRef, bobRef := acked.ref("alice", 0), acked.ref("bob", 0)
 	if _, err := alice.c.Get(ctx(t), "alice", aliceRef); err != nil {
 		t.Fatalf("client-alice reads a KeyPackage of alice: %v", err)
 	}

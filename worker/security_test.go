@@ -115,6 +115,49 @@ func (r *role) refused(t *testing.T, what, subject string, act func(ctx context.
 	})
 }
 
+// ackedUploads are the refs of the KeyPackages (not last resort) the delivery service
+// acknowledged, per pool, in upload order.
+type ackedUploads struct {
+	mu   sync.Mutex
+	refs map[string][]string
+}
+
+func (a *ackedUploads) ref(pool string, i int) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.refs[pool][i]
+}
+
+// registerAndAck registers alice as client-alice (with rk) and bob as ops, and has
+// ds-ab acknowledge both pools' uploads through its own durable consumers.
+func registerAndAck(t *testing.T, alice, ops, ds *role, rk *natsbus.RecipientKey) *ackedUploads {
+	t.Helper()
+	if reg, err := alice.c.Register(ctx(t), "alice", natsbus.RegisterRequest{Identity: "alice", CipherSuite: 1}, rk); err != nil || reg.SignaturePrivateKey == nil {
+		t.Fatalf("client-alice registers alice: %+v %v", reg, err)
+	}
+	if _, err := ops.c.Register(ctx(t), "bob", natsbus.RegisterRequest{Identity: "bob", CipherSuite: 1}, nil); err != nil {
+		t.Fatalf("ops registers bob: %v", err)
+	}
+	acked := &ackedUploads{refs: map[string][]string{}}
+	for _, p := range []string{"alice", "bob"} {
+		stop, err := ds.c.ConsumeDeliveries(ctx(t), "ds-"+p, p, natsbus.DeliveryHandler{Upload: func(u events.Upload) error {
+			if !u.LastResort {
+				acked.mu.Lock()
+				acked.refs[u.Pool] = append(acked.refs[u.Pool], u.Ref)
+				acked.mu.Unlock()
+			}
+			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return ds.c.UploadAck(cctx, u.Pool, u.Ref)
+		}})
+		if err != nil {
+			t.Fatalf("ds-ab consumes %s's deliveries: %v", p, err)
+		}
+		t.Cleanup(stop)
+	}
+	return acked
+}
+
 // TestSecurityConfig starts nats-server with exactly the configuration of
 // docs/security.md, runs a worker as its `worker` user, and checks that every role can do
 // what it needs and nothing it must not: no cross-pool publish, take, register or read
@@ -132,36 +175,11 @@ func TestSecurityConfig(t *testing.T) {
 	// Allowed: the client registers its pool, operators register bob, the delivery
 	// service consumes and acks both pools' uploads, the pools fill.
 	rk, _ := natsbus.NewRecipientKey(1)
-	if reg, err := alice.c.Register(ctx(t), "alice", natsbus.RegisterRequest{Identity: "alice", CipherSuite: 1}, rk); err != nil || reg.SignaturePrivateKey == nil {
-		t.Fatalf("client-alice registers alice: %+v %v", reg, err)
-	}
-	if _, err := ops.c.Register(ctx(t), "bob", natsbus.RegisterRequest{Identity: "bob", CipherSuite: 1}, nil); err != nil {
-		t.Fatalf("ops registers bob: %v", err)
-	}
-	var mu sync.Mutex
-	uploads := map[string][]string{}
-	for _, p := range []string{"alice", "bob"} {
-		stop, err := ds.c.ConsumeDeliveries(ctx(t), "ds-"+p, p, natsbus.DeliveryHandler{Upload: func(u events.Upload) error {
-			if !u.LastResort {
-				mu.Lock()
-				uploads[u.Pool] = append(uploads[u.Pool], u.Ref)
-				mu.Unlock()
-			}
-			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			return ds.c.UploadAck(cctx, u.Pool, u.Ref)
-		}})
-		if err != nil {
-			t.Fatalf("ds-ab consumes %s's deliveries: %v", p, err)
-		}
-		t.Cleanup(stop)
-	}
+	acked := registerAndAck(t, alice, ops, ds, rk)
 	eventually(t, 20*time.Second, "both pools full", func() bool {
 		return poolRecord(t, w, "alice").Fresh == 10 && poolRecord(t, w, "bob").Fresh == 10
 	})
-	mu.Lock()
-	aliceRef, aliceRef2, bobRef := uploads["alice"][0], uploads["alice"][1], uploads["bob"][0]
-	mu.Unlock()
+	aliceRef, aliceRef2, bobRef := acked.ref("alice", 0), acked.ref("alice", 1), acked.ref("bob", 0)
 
 	if st, err := alice.c.Status(ctx(t), "alice"); err != nil || st.Pool != "alice" {
 		t.Fatalf("client-alice reads alice's status: %v", err)
@@ -232,7 +250,7 @@ func TestSecurityConfig(t *testing.T) {
 	before := storeSnapshot(t, w)
 
 	// Forbidden.
-	bobRef2 := func() string { mu.Lock(); defer mu.Unlock(); return uploads["bob"][1] }()
+	bobRef2 := acked.ref("bob", 1)
 	forbid := []struct {
 		r       *role
 		what    string
