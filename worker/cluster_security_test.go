@@ -78,9 +78,9 @@ func (r *role) lastMsg(t *testing.T, stream, subject string) *nats.Msg {
 // nats-server) as the `worker` user of exactly the configuration of docs/security.md:
 // leases, heartbeats, checkpoints, sealed keys in KPOOL_KEYS, partition snapshots
 // (stored, replaced, restored by the worker that takes a partition over) and calls
-// routed between the workers all work without a single permission violation, while the
-// delivery service, the MLS client and operators are refused the buckets and the route
-// subjects.
+// routed between the workers all work without a single permission violation (and a
+// 3 MB object is read back past the flow-control window), while the delivery service,
+// the MLS client and operators are refused the buckets and the route subjects.
 func TestClusterSecurityConfig(t *testing.T) {
 	url := startSecureNATS(t)
 	keyFile := filepath.Join(t.TempDir(), "kpool.key")
