@@ -129,8 +129,11 @@ func TestClusterSecurityConfig(t *testing.T) {
 		p1, p2 := w1.w.Partitions(), w2.w.Partitions()
 		return len(p1) == 2 && len(p2) == 2 && p1[0] == 0 && p1[1] == 1 && p2[0] == 2 && p2[1] == 3
 	})
-	restored := regexp.MustCompile(`partition taken".*partition=3 .*from_snapshot=[1-9]`)
-	if !w2.logged(restored) {
+	// The lease shows before the takeover's log line is written.
+	eventually(t, 10*time.Second, "w2 logs taking partition 3", func() bool {
+		return w2.logged(regexp.MustCompile(`partition taken".*partition=3 `))
+	})
+	if !w2.logged(regexp.MustCompile(`partition taken".*partition=3 .*from_snapshot=[1-9]`)) {
 		t.Fatalf("w2 did not rebuild partition 3 from the snapshot:\n%s", w2.log.String())
 	}
 
