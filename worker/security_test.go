@@ -11,6 +11,7 @@ import (
 
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/events/natsbus"
+	"github.com/kpool/kpool/pool"
 	"github.com/kpool/kpool/worker"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -158,6 +159,13 @@ func registerAndAck(t *testing.T, alice, ops, ds *role, rk *natsbus.RecipientKey
 	return acked
 }
 
+// settled reports a pool with no generation requested and no upload waiting for its
+// acknowledgement: nothing allowed changes it any more (bob's replenishment is acked
+// asynchronously).
+func settled(p pool.Pool) bool {
+	return p.Requested == 0 && !p.LastResortRequested && p.Counts.Created == 0 && p.LastResortCounts.Created == 0
+}
+
 // TestSecurityConfig starts nats-server with exactly the configuration of
 // docs/security.md, runs a worker as its `worker` user, and checks that every role can do
 // what it needs and nothing it must not: no cross-pool publish, take, register or read
@@ -245,7 +253,7 @@ func TestSecurityConfig(t *testing.T) {
 		a, _, _ := w.Store().KeyPackage(aliceRef)
 		a2, _, _ := w.Store().KeyPackage(aliceRef2)
 		b, _, _ := w.Store().KeyPackage(bobRef)
-		return a.State == "deleted" && a2.State == "deleted" && b.State == "claimed"
+		return a.State == "deleted" && a2.State == "deleted" && b.State == "claimed" && settled(poolRecord(t, w, "alice")) && settled(poolRecord(t, w, "bob"))
 	})
 	before := storeSnapshot(t, w)
 
