@@ -45,17 +45,20 @@ type params struct {
 	stallPools, stallTarget       int
 	stall                         time.Duration
 	stallRate                     float64
+	sustain                       time.Duration
+	sustainRate                   float64 // 0: half the measured full claim rate
 	only                          map[string]bool
 	heapProfile                   string
 }
 
-var parts = []string{"claims", "refill", "memory", "stall"}
+var parts = []string{"claims", "refill", "sustain", "memory", "stall"}
 
 func main() {
 	quick := flag.Bool("quick", false, "small sizes, one round (under two minutes)")
 	only := flag.String("only", strings.Join(parts, ","), "the parts to run, comma-separated: "+strings.Join(parts, ", "))
 	stall := flag.Duration("stall", 0, "duration of the stall run (default 30s, 15s with -quick; the issue's figure is 10m: make bench-stall)")
 	stallRate := flag.Float64("stall-rate", 400, "claims per second in the stall run (each also causes a generated input and an upload ack)")
+	sustainRate := flag.Float64("sustain-rate", 0, "claims per second in the sustained run (default: half the full rate measured by the claims part, else 2000)")
 	memEvents := flag.String("memory-events", "", "events applied at which the memory run samples (default 100000,1000000; 20000,100000 with -quick)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to `FILE`")
 	heapProfile := flag.String("memprofile", "", "write a heap profile at the memory run's last sample to `FILE`")
@@ -82,13 +85,13 @@ func main() {
 	}
 	p := params{rounds: 3, pools: 160, target: 60, claims: 8000, refillPools: 200, refillTarget: 100,
 		memPools: 1000, memTarget: 20, memMarks: []uint64{100_000, 1_000_000},
-		stallPools: 160, stallTarget: 60, stall: 30 * time.Second}
+		stallPools: 160, stallTarget: 60, stall: 30 * time.Second, sustain: 30 * time.Second}
 	if *quick {
 		p = params{rounds: 1, pools: 40, target: 40, claims: 1500, refillPools: 50, refillTarget: 40,
 			memPools: 200, memTarget: 20, memMarks: []uint64{20_000, 100_000},
-			stallPools: 40, stallTarget: 40, stall: 15 * time.Second}
+			stallPools: 40, stallTarget: 40, stall: 15 * time.Second, sustain: 20 * time.Second}
 	}
-	p.stallRate, p.heapProfile = *stallRate, *heapProfile
+	p.stallRate, p.heapProfile, p.sustainRate = *stallRate, *heapProfile, *sustainRate
 	if p.heapProfile != "" {
 		runtime.MemProfileRate = 4096 // the worker's heap is a few MiB: the default 512 KiB sampling hides it
 	}
@@ -127,9 +130,25 @@ func run(p params) error {
 	start := time.Now()
 	fmt.Printf("| figure | kpool | baseline in the same run | ratio |\n| --- | ---: | ---: | ---: |\n")
 	if p.only["claims"] {
-		if err := runClaims(p); err != nil {
+		full, err := runClaims(p)
+		if err != nil {
 			return err
 		}
+		if p.sustainRate == 0 {
+			p.sustainRate = full / 2
+		}
+	}
+	if p.only["sustain"] {
+		if p.sustainRate == 0 {
+			p.sustainRate = 2000
+		}
+		fmt.Fprintf(os.Stderr, "sustain: %v at %.0f claims/s over %d pools\n", p.sustain, p.sustainRate, p.pools)
+		r, err := stallRun(p.pools, p.target, p.sustainRate, p.sustain)
+		if err != nil {
+			return fmt.Errorf("sustain: %w", err)
+		}
+		fmt.Printf("| pools kept full under claims (%v offered at %.0f claims/s over %d pools × %d, full at the start; each claim refilled) | %d depleted alerts in %d pools, %d low alerts; %d claims made (%.0f /s) | — | goal 0 depleted |\n",
+			r.elapsed.Round(time.Second), p.sustainRate, p.pools, p.target, r.depleted, r.depletedIn, r.low, r.claims, float64(r.claims)/r.elapsed.Seconds())
 	}
 	if p.only["refill"] {
 		refill, err := massRefill(p)
@@ -165,23 +184,23 @@ func run(p params) error {
 
 // runClaims: claims end to end against both baselines, interleaved over rounds, with the
 // latency of every claim at full rate, then the latency at half the median rate.
-func runClaims(p params) error {
+func runClaims(p params) (float64, error) {
 	var js, bb, kp []float64
 	var latFull []time.Duration
 	for r := range p.rounds {
 		fmt.Fprintf(os.Stderr, "round %d/%d\n", r+1, p.rounds)
 		rate, err := baselineJetStream(p.claims)
 		if err != nil {
-			return fmt.Errorf("jetstream baseline: %w", err)
+			return 0, fmt.Errorf("jetstream baseline: %w", err)
 		}
 		js = append(js, rate)
 		if rate, err = baselineBolt(p.claims); err != nil {
-			return fmt.Errorf("bbolt baseline: %w", err)
+			return 0, fmt.Errorf("bbolt baseline: %w", err)
 		}
 		bb = append(bb, rate)
 		rate, lat, err := kpoolClaims(p, 0)
 		if err != nil {
-			return fmt.Errorf("kpool claims: %w", err)
+			return 0, fmt.Errorf("kpool claims: %w", err)
 		}
 		kp = append(kp, rate)
 		latFull = append(latFull, lat...)
@@ -189,7 +208,7 @@ func runClaims(p params) error {
 	full := median(kp)
 	_, lat, err := kpoolClaims(p, full/2)
 	if err != nil {
-		return fmt.Errorf("kpool latency: %w", err)
+		return 0, fmt.Errorf("kpool latency: %w", err)
 	}
 	base := min(median(js), median(bb))
 	fmt.Printf("| claims applied end to end (%d pools, %d claims, median of %d) | %.0f /s | JetStream consumer %.0f /s, bbolt fsync'd batches %.0f /s | %.2f of the smaller |\n",
@@ -198,7 +217,7 @@ func runClaims(p params) error {
 		p.claims, p.rounds, pct(latFull, 50), pct(latFull, 99), pct(latFull, 99.9))
 	fmt.Printf("| latency publish → transition at %.0f claims/s (half rate) | p50 %s, p99 %s, p99.9 %s | — | goal p99 ≤ 20 ms |\n",
 		full/2, pct(lat, 50), pct(lat, 99), pct(lat, 99.9))
-	return nil
+	return full, nil
 }
 
 func printMemory(ss []memSample) {

@@ -2,9 +2,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+	"sync"
 	"time"
+
+	"github.com/kpool/kpool/events"
+	"github.com/nats-io/nats.go"
 )
 
 // stallResult is the stall run's figure: the longest time the worker's applied sequence
@@ -18,6 +23,9 @@ type stallResult struct {
 	elapsed     time.Duration
 	maxBacklog  uint64 // most events waiting at one poll
 	meanBacklog float64
+	depleted    int // depleted alerts during the run (the pools were full at its start)
+	depletedIn  int // pools that went depleted
+	low         int // low-watermark alerts
 }
 
 // stallRun publishes claims at a steady rate (their refills and acks follow, and the
@@ -33,6 +41,27 @@ func stallRun(pools, target int, rate float64, d time.Duration) (stallResult, er
 	if err := e.waitFull(pools, target, 10*time.Minute); err != nil {
 		return r, err
 	}
+	var alertMu sync.Mutex
+	depletedPools := map[string]bool{}
+	sub, err := e.nc.Subscribe(e.w.Subjects().Outbound(events.KindAlert, "*"), func(m *nats.Msg) {
+		var a events.Alert
+		if json.Unmarshal(m.Data, &a) != nil {
+			return
+		}
+		alertMu.Lock()
+		defer alertMu.Unlock()
+		switch a.Kind {
+		case events.AlertDepleted:
+			r.depleted++
+			depletedPools[a.Pool] = true
+		case events.AlertLow:
+			r.low++
+		}
+	})
+	if err != nil {
+		return r, err
+	}
+	defer sub.Unsubscribe()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	claimed := make(chan int, 1)
@@ -91,5 +120,8 @@ func stallRun(pools, target int, rate float64, d time.Duration) (stallResult, er
 	if r.polls > 0 {
 		r.meanBacklog = backlogSum / float64(r.polls)
 	}
+	alertMu.Lock()
+	r.depletedIn = len(depletedPools)
+	alertMu.Unlock()
 	return r, nil
 }
