@@ -81,3 +81,10 @@ bench-stall:
 .PHONY: soak
 soak:
 	KPOOL_SOAK=1 $(GO) test ./worker -run '^TestSoak$$' -count=1 -v -timeout 2h
+
+# the scale-out benchmark of issue 14 (docs/benchmarks.md, "Scale-out"): claims per second
+# with 1, 2 and 3 workers and bare JetStream on one in-process three-node R3 cluster, then
+# the failover time with the default lease TTL; prints the table at the end (≈ 3–4 min)
+.PHONY: bench-cluster
+bench-cluster:
+	$(GO) test ./worker -run '^TestClusterBench$$' -cluster-bench -count=1 -v -timeout 10m
