@@ -84,7 +84,8 @@ soak:
 
 # the scale-out benchmark of issue 14 (docs/benchmarks.md, "Scale-out"): claims per second
 # with 1, 2 and 3 workers and bare JetStream on one in-process three-node R3 cluster, then
-# the failover time with the default lease TTL; prints the table at the end (≈ 3–4 min)
+# the failover time with the default lease TTL; prints both tables (≈ 4 min, more when
+# the machine is loaded)
 .PHONY: bench-cluster
 bench-cluster:
 	$(GO) test ./worker -run '^TestClusterBench$$' -cluster-bench -count=1 -v -timeout 10m
