@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/kpool/kpool/events"
 	"github.com/kpool/kpool/events/natsbus"
@@ -111,6 +112,15 @@ func (w *Worker) callAPI(ep endpoint, id string, data []byte) (any, error) {
 	}
 	if w.ctx.Err() != nil {
 		return nil, errShuttingDown
+	}
+	// A partition just taken answers from its view once that has caught up with the log.
+	for deadline := time.Now().Add(callTimeout); !w.caughtUp.Load(); {
+		if time.Now().After(deadline) {
+			return nil, apiErr(natsbus.CodeUnavailable, "partition %d is still catching up with its log; retry", w.part)
+		}
+		if !w.sleepCtx(20 * time.Millisecond) {
+			return nil, errShuttingDown
+		}
 	}
 	return ep.fn(w, id, data)
 }

@@ -182,45 +182,57 @@ func (c *cluster) renew() {
 	if _, err := c.b.Owners.Put(ctx, "w."+c.id, []byte(c.w.cfg.Clock().UTC().Format(time.RFC3339Nano))); err != nil && c.w.ctx.Err() == nil {
 		c.w.log.Warn("cluster heartbeat failed", "err", err)
 	}
+	// One renewal per partition, all at once: a worker holding many partitions on a
+	// loaded machine must not let the last ones run out while the first are renewed.
+	var wg sync.WaitGroup
 	for _, p := range c.ownedParts() {
-		c.mu.Lock()
-		l := c.owned[p]
-		if l == nil || l.dropping {
-			c.mu.Unlock()
-			continue
-		}
-		rev, until := l.rev, l.until
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.renewOne(ctx, p)
+		}()
+	}
+	wg.Wait()
+}
+
+func (c *cluster) renewOne(ctx context.Context, p int) {
+	c.mu.Lock()
+	l := c.owned[p]
+	if l == nil || l.dropping {
 		c.mu.Unlock()
-		start := time.Now()
-		rev, err := c.b.Owners.Update(ctx, partKey(p), []byte(c.id), rev)
-		switch {
-		case err == nil:
-			c.mu.Lock()
-			l.rev, l.until = rev, start.Add(c.safeTTL())
-			e, ckpt := l.e, l.ckpt
-			if e != nil {
-				e.leaseUntil.Store(l.until.UnixNano())
+		return
+	}
+	rev, until := l.rev, l.until
+	c.mu.Unlock()
+	start := time.Now()
+	rev, err := c.b.Owners.Update(ctx, partKey(p), []byte(c.id), rev)
+	switch {
+	case err == nil:
+		c.mu.Lock()
+		l.rev, l.until = rev, start.Add(c.safeTTL())
+		e, ckpt := l.e, l.ckpt
+		if e != nil {
+			e.leaseUntil.Store(l.until.UnixNano())
+		}
+		c.mu.Unlock()
+		if e == nil {
+			return
+		}
+		if d := e.drained.Load(); d > ckpt {
+			if _, err := c.b.Checkpoints.Put(ctx, partKey(p), []byte(strconv.FormatUint(d, 10))); err == nil {
+				c.mu.Lock()
+				l.ckpt = max(l.ckpt, d)
+				c.mu.Unlock()
 			}
-			c.mu.Unlock()
-			if e == nil {
-				continue
-			}
-			if d := e.drained.Load(); d > ckpt {
-				if _, err := c.b.Checkpoints.Put(ctx, partKey(p), []byte(strconv.FormatUint(d, 10))); err == nil {
-					c.mu.Lock()
-					l.ckpt = max(l.ckpt, d)
-					c.mu.Unlock()
-				}
-			}
-		case errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyNotFound) || time.Now().After(until):
-			if c.w.ctx.Err() == nil {
-				c.w.log.Warn("partition lease lost; stopping it", "partition", p, "err", err)
-				c.drop(p, false)
-			}
-		default:
-			if c.w.ctx.Err() == nil {
-				c.w.log.Warn("partition lease not renewed; retrying", "partition", p, "err", err)
-			}
+		}
+	case errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyNotFound) || time.Now().After(until):
+		if c.w.ctx.Err() == nil {
+			c.w.log.Warn("partition lease lost; stopping it", "partition", p, "err", err)
+			c.drop(p, false)
+		}
+	default:
+		if c.w.ctx.Err() == nil {
+			c.w.log.Warn("partition lease not renewed; retrying", "partition", p, "err", err)
 		}
 	}
 }

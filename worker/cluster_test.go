@@ -561,6 +561,11 @@ func TestCluster(t *testing.T) {
 		if len(ws[i].Partitions()) == 0 {
 			t.Fatal("the restarted worker owns no partition")
 		}
+		// Its partitions answer only once their views have caught up with the log: the
+		// first list already holds every pool.
+		if list, err := c.List(ctx(t)); err != nil || len(list) != len(l.pools) {
+			t.Fatalf("list right after the rebuild: %d of %d pools, %v", len(list), len(l.pools), err)
+		}
 		l.check(t, js, 60*time.Second)
 		l.takeOnceIn(t, ws[i]) // its keys come from the keys bucket: its disk had none
 	})

@@ -68,7 +68,7 @@ type Worker struct {
 	leaseUntil  atomic.Int64  // an engine's lease ends then (unix nanoseconds, local clock)
 	published   uint64        // effects of inputs up to it are out already (previous owner)
 	catchUp     uint64        // its partition's last message when the engine took it
-	caughtUp    bool          // writer goroutine only
+	caughtUp    atomic.Bool   // set once; until then a partition's engine neither generates nor answers
 	drained     atomic.Uint64 // every effect of inputs up to it has been published
 	route       *nats.Subscription
 	releasing   atomic.Bool // an engine handing its partition over takes no new calls
@@ -211,11 +211,11 @@ func (w *Worker) startInputs(ctx context.Context) error {
 		w.log.Warn("outbox relay at start-up failed; will retry", "err", err)
 	}
 	w.gen = newGenerator(w)
-	w.caughtUp = w.appliedSeq.Load() >= w.catchUp
-	if w.caughtUp && w.part >= 0 {
+	w.caughtUp.Store(w.appliedSeq.Load() >= w.catchUp)
+	if w.caughtUp.Load() && w.part >= 0 {
 		w.poolGauges()
 	}
-	if w.caughtUp {
+	if w.caughtUp.Load() {
 		if err := w.gen.resume(); err != nil {
 			return err
 		}

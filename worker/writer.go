@@ -508,7 +508,7 @@ func (w *Worker) afterCommit(outs []outcome) {
 		case r.Duplicate:
 			w.metrics.duplicates.Inc()
 		default:
-			if w.caughtUp { // a partition catching up generates what is owed once it has caught up
+			if w.caughtUp.Load() { // a partition catching up generates what is owed once it has caught up
 				for _, g := range r.Generate {
 					w.gen.enqueue(g)
 				}
@@ -541,8 +541,8 @@ func (w *Worker) afterCommit(outs []outcome) {
 	if kick {
 		w.kickRelay()
 	}
-	if !w.caughtUp && last >= w.catchUp {
-		w.caughtUp = true
+	if !w.caughtUp.Load() && last >= w.catchUp {
+		w.caughtUp.Store(true)
 		w.log.Info("partition caught up; generating and answering", "stream_seq", last)
 		w.poolGauges()
 		if err := w.gen.resume(); err != nil {
