@@ -147,6 +147,9 @@ func (c *cluster) balance() {
 		owned = owned[:len(owned)-1]
 		c.release(p)
 	}
+	// Lease the free partitions first, then take them all at once: after a failover a
+	// worker takes several, and one at a time the last would wait for all the others.
+	var wg sync.WaitGroup
 	for i := 0; i < c.n && len(owned) < share && c.w.ctx.Err() == nil; i++ {
 		p := (events.PartitionOf(c.id, c.n) + i) % c.n // workers start their search apart
 		if slices.Contains(owned, p) {
@@ -161,17 +164,20 @@ func (c *cluster) balance() {
 		c.mu.Lock()
 		c.owned[p] = l // renewed from now on, while it is being taken
 		c.mu.Unlock()
-		// Taking it may download a snapshot: its own deadline, not the balance's.
-		actx, acancel := context.WithTimeout(c.w.ctx, 5*time.Minute)
-		err = c.acquire(actx, p, l)
-		acancel()
-		if err != nil {
-			c.w.log.Error("taking a partition failed; giving it back", "partition", p, "err", err)
-			c.release(p)
-			continue
-		}
 		owned = append(owned, p)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Taking it may download a snapshot: its own deadline, not the balance's.
+			actx, acancel := context.WithTimeout(c.w.ctx, 5*time.Minute)
+			defer acancel()
+			if err := c.acquire(actx, p, l); err != nil {
+				c.w.log.Error("taking a partition failed; giving it back", "partition", p, "err", err)
+				c.release(p)
+			}
+		}()
 	}
+	wg.Wait()
 }
 
 // renew heartbeats and extends each lease; a lease that another worker holds now, or
